@@ -1,0 +1,1 @@
+"""weakseg_cks: Collaborative Knowledge Sharing (CKS) as a weakseg plugin."""

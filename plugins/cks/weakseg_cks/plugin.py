@@ -1,0 +1,3 @@
+"""Registers the CKS components."""
+
+from weakseg.hookspecs import hookimpl  # noqa: F401

@@ -1,0 +1,3 @@
+"""Registers the Nishimura baseline components."""
+
+from weakseg.hookspecs import hookimpl  # noqa: F401

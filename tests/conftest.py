@@ -1,0 +1,38 @@
+"""Shared fixtures: quiet threads, the shared real data folder, in-process plugins."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """``../shared/data`` beside the checkout; tests using it skip with a reason when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent (it sits beside the checkout on project machines)")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def plugin_registration():
+    """Register plugin objects in-process for one test; they are removed afterwards."""
+    from weakseg import plugins
+
+    added: list[object] = []
+
+    def register(plugin: object) -> None:
+        plugins.register_plugin(plugin)
+        added.append(plugin)
+
+    yield register
+    for plugin in added:
+        plugins.unregister_plugin(plugin)

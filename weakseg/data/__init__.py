@@ -1,0 +1,1 @@
+"""Data layer: zarr store, importers, label sources, torch datasets, augmentation, demo data."""

@@ -1,0 +1,1 @@
+"""Training engine: trainer loop, distribution, checkpoints, MLflow tracking."""

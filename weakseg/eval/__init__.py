@@ -1,0 +1,1 @@
+"""Evaluation: instance-segmentation metrics and evaluation runs."""

@@ -1,0 +1,1 @@
+"""Prediction on images of any size (tiling, stitching) and exporters."""

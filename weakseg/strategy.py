@@ -1,0 +1,52 @@
+"""The torch base class of every strategy.
+
+Plugins import this inside their ``build`` methods so that listing plugins never imports torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from weakseg.components import Batch, Phase
+
+
+class StrategyModule(nn.Module):
+    """Owns the trained models; ``forward(batch, step)`` returns named scalar losses.
+
+    - holds every trainable model as a submodule, so ``state_dict()`` is the whole checkpoint and
+      the engine can wrap the strategy in DistributedDataParallel;
+    - ``forward(batch, step)`` returns named scalar losses; the engine back-propagates their sum
+      and logs each one as ``train/<name>``;
+    - ``phases()`` declares named phases (CKS warm-up, ...); the engine logs the phase;
+    - ``principal()`` returns the model used for prediction (``predict(image) -> list[Instances]``);
+    - ``panel(image)`` may return extra maps for the evaluation figure.
+    """
+
+    #: False for training-free strategies (e.g. seeded watershed): the engine skips the loop.
+    trainable: bool = True
+
+    def phases(self) -> list[Phase]:
+        return [Phase("main", 0)]
+
+    def phase_at(self, step: int) -> str:
+        """Name of the phase that ``step`` falls in."""
+        current = self.phases()[0].name
+        for phase in sorted(self.phases(), key=lambda p: p.start):
+            if step >= phase.start:
+                current = phase.name
+        return current
+
+    def forward(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+    def principal(self) -> Any:
+        """The model used for prediction: has ``predict(image (B,C,H,W)) -> list[Instances]``."""
+        raise NotImplementedError
+
+    def panel(self, image: torch.Tensor) -> dict[str, np.ndarray]:
+        """Extra float maps in [0, 1] (H, W) for the evaluation figure; none by default."""
+        return {}
