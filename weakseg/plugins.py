@@ -57,7 +57,9 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
             pm.weakseg_distributions[id(plugin)] = f"{dist.metadata['Name']} {dist.version}"
 
 
-def make_plugin_manager(*, extra_plugins: tuple[ModuleType | object, ...] = (), entry_points: bool = True) -> pluggy.PluginManager:
+def make_plugin_manager(
+    *, extra_plugins: tuple[ModuleType | object, ...] = (), entry_points: bool = True
+) -> pluggy.PluginManager:
     """A fresh plugin manager with the weakseg hookspecs, entry points and ``extra_plugins``."""
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)

@@ -11,6 +11,7 @@ and line.
 from __future__ import annotations
 
 import copy
+import sys
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,6 +23,9 @@ import yaml
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
 from weakseg.errors import RecipeError, WeaksegError
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
 from weakseg.registry import close_matches
 
 # --------------------------------------------------------------------------------------------
@@ -39,6 +43,12 @@ class ComponentSpec:
 
     def build(self, **context: Any) -> Any:
         return self.config.build(**context)
+
+    def __getattr__(self, name: str) -> Any:
+        # spec.sigma reads spec.config.sigma: recipes read naturally in code.
+        if name.startswith("_") or name in ("type", "config"):
+            raise AttributeError(name)
+        return getattr(self.config, name)
 
     @classmethod
     def of(cls, name: str, **kwargs: Any) -> ComponentSpec:

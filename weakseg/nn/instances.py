@@ -46,9 +46,8 @@ class Instances:
         )
 
     def to(self, device: torch.device | str) -> Instances:
-        return Instances(
-            self.scores.to(device), self.locations.to(device), self.masks.to(device), self.origins.to(device), self.image_shape
-        )
+        moved = [t.to(device) for t in (self.scores, self.locations, self.masks, self.origins)]
+        return Instances(*moved, image_shape=self.image_shape)
 
     def shift(self, dy: int, dx: int, image_shape: tuple[int, int]) -> Instances:
         """The same instances in a larger frame (tile offset (dy, dx))."""

@@ -1,0 +1,229 @@
+"""Recipes: strict validation with key paths, close matches, extends, --set, YAML errors."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import attrs
+import pytest
+import yaml
+
+from weakseg.errors import RecipeError
+from weakseg.hookspecs import hookimpl
+from weakseg.recipe import LossSpec, Recipe, apply_overrides, deep_merge, load_recipe, recipe_from_yaml_text
+
+
+@attrs.frozen(kw_only=True)
+class TBackbone:
+    """Test backbone."""
+
+    depth: int = 3
+
+    def build(self, in_channels: int):
+        return ("backbone", self.depth, in_channels)
+
+
+@attrs.frozen(kw_only=True)
+class THead:
+    """Test head."""
+
+    crop: int = 96
+
+    def build(self, backbone, in_channels):
+        return ("head", self.crop)
+
+
+@attrs.frozen(kw_only=True)
+class TLoss:
+    """Test loss."""
+
+    weight: float = 1.0
+
+    def build(self):
+        return self.weight
+
+
+@attrs.frozen(kw_only=True)
+class TStrategy:
+    """Test strategy with a nested component."""
+
+    consistency: LossSpec = attrs.field(factory=lambda: LossSpec.of("t-linear"))
+    sigma: float = 20.0
+
+    def build(self, recipe, data):
+        return ("strategy", self.consistency.build())
+
+
+@attrs.frozen(kw_only=True)
+class TLabels:
+    """Test label source."""
+
+    def build(self):
+        return None
+
+
+class _Plugin:
+    @hookimpl
+    def weakseg_register_backbones(self, registry):
+        registry.add("t-convnext_small", TBackbone)
+
+    @hookimpl
+    def weakseg_register_principal_heads(self, registry):
+        registry.add("t-head", THead)
+
+    @hookimpl
+    def weakseg_register_consistency_losses(self, registry):
+        registry.add("t-linear", TLoss)
+        registry.add("t-cross_entropy", TLoss)
+
+    @hookimpl
+    def weakseg_register_strategies(self, registry):
+        registry.add("t-cks", TStrategy)
+
+    @hookimpl
+    def weakseg_register_label_sources(self, registry):
+        registry.add("t-centroids", TLabels)
+
+
+@pytest.fixture(autouse=True)
+def _components(plugin_registration):
+    plugin_registration(_Plugin())
+
+
+BASE = """
+name: demo
+data: {store: demo.zarr, label_source: {type: t-centroids}}
+model:
+  backbone: {type: t-convnext_small, depth: 4}
+  head: {type: t-head}
+strategy: {type: t-cks, consistency: {type: t-linear, weight: 2}}
+train: {steps: 100}
+"""
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def errors_of(path: Path, overrides=None) -> str:
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path, overrides)
+    return str(info.value)
+
+
+def test_valid_recipe_builds_frozen_objects_and_components(tmp_path):
+    recipe = load_recipe(write(tmp_path, "r.yaml", BASE))
+    assert recipe.model.backbone.type == "t-convnext_small"
+    assert recipe.model.backbone.build(in_channels=3) == ("backbone", 4, 3)
+    assert recipe.strategy.build(recipe=recipe, data=None) == ("strategy", 2.0)
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        recipe.name = "other"
+
+
+def test_type_error_carries_the_key_path(tmp_path):
+    msg = errors_of(write(tmp_path, "r.yaml", BASE.replace("depth: 4", "depth: 'five'")))
+    assert "recipe.model.backbone.depth: expected int, got 'five'" in msg
+    assert str(tmp_path / "r.yaml") in msg
+
+
+def test_unknown_component_gets_close_match_and_plugins_pointer(tmp_path):
+    msg = errors_of(write(tmp_path, "r.yaml", BASE.replace("t-convnext_small", "t-convnext_smal")))
+    assert "recipe.model.backbone: unknown backbone 't-convnext_smal'; did you mean 't-convnext_small'?" in msg
+    assert "weakseg plugins" in msg
+
+
+def test_unknown_keys_are_rejected_with_close_matches_at_every_level(tmp_path):
+    text = BASE.replace("train: {steps: 100}", "train: {stpes: 100}").replace("weight: 2", "wieght: 2")
+    msg = errors_of(write(tmp_path, "r.yaml", text))
+    assert "recipe.train: unknown key 'stpes'; did you mean 'steps'?" in msg
+    assert "recipe.strategy.consistency: unknown key 'wieght'; did you mean 'weight'?" in msg
+
+
+def test_literal_choices_and_validators_are_reported(tmp_path):
+    text = BASE.replace("train: {steps: 100}", "train: {steps: 100, precision: fp16, optimizer: {lr: -1}}")
+    msg = errors_of(write(tmp_path, "r.yaml", text))
+    assert "recipe.train.precision: expected one of 'fp32', 'bf16', 'auto', got 'fp16'; did you mean 'bf16'?" in msg
+    assert "recipe.train.optimizer" in msg and "'lr' must be > 0" in msg
+
+
+def test_missing_required_key(tmp_path):
+    msg = errors_of(write(tmp_path, "r.yaml", BASE.replace("name: demo\n", "")))
+    assert "recipe: required key 'name' is missing" in msg or "recipe.name" in msg
+
+
+def test_scientific_notation_for_ints_and_floats(tmp_path):
+    recipe = load_recipe(write(tmp_path, "r.yaml", BASE.replace("steps: 100", "steps: 9e4, optimizer: {lr: 1e-3}")))
+    assert recipe.train.steps == 90000 and recipe.train.optimizer.lr == pytest.approx(1e-3)
+    msg = errors_of(write(tmp_path, "r2.yaml", BASE.replace("steps: 100", "steps: 2.5")))
+    assert "recipe.train.steps: expected int, got 2.5" in msg
+
+
+def test_extends_inherits_and_overrides_relative_to_the_file(tmp_path):
+    write(tmp_path, "base.yaml", BASE)
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    child = write(sub, "child.yaml", """
+        extends: ../base.yaml
+        name: child
+        model: {backbone: {depth: 6}}
+        strategy: {consistency: {type: t-cross_entropy}}
+    """)
+    recipe = load_recipe(child)
+    assert recipe.name == "child"
+    assert recipe.model.backbone.config.depth == 6
+    assert recipe.model.head.type == "t-head"  # inherited
+    # A changed component type replaces that component's kwargs instead of merging them.
+    assert recipe.strategy.consistency.type == "t-cross_entropy"
+    assert recipe.strategy.consistency.config.weight == 1.0
+
+
+def test_extends_cycle_is_reported(tmp_path):
+    write(tmp_path, "a.yaml", "extends: b.yaml\nname: a\n")
+    write(tmp_path, "b.yaml", "extends: a.yaml\nname: b\n")
+    assert "cycle" in errors_of(tmp_path / "a.yaml")
+
+
+def test_set_overrides_parse_yaml_values_and_are_validated(tmp_path):
+    path = write(tmp_path, "r.yaml", BASE)
+    recipe = load_recipe(path, ["train.steps=7", "recipe.model.backbone.depth=2", "eval.max_images=3"])
+    assert (recipe.train.steps, recipe.model.backbone.config.depth, recipe.eval.max_images) == (7, 2, 3)
+    assert "recipe.train.steps: expected int, got 'many'" in errors_of(path, ["train.steps=many"])
+    with pytest.raises(RecipeError, match="expected KEY=VALUE"):
+        apply_overrides({}, ["train.steps"])
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path):
+    path = write(tmp_path, "bad.yaml", "name: demo\ndata:\n  store: [unclosed\n")
+    msg = errors_of(path)
+    assert msg.startswith(f"{path}:") and "YAML syntax error" in msg
+    line = int(msg.split(":")[1])
+    assert line in (3, 4)
+
+
+def test_missing_file_is_a_user_error(tmp_path):
+    assert "recipe file not found" in errors_of(tmp_path / "nope.yaml")
+
+
+def test_resolved_yaml_round_trips(tmp_path):
+    recipe = load_recipe(write(tmp_path, "r.yaml", BASE))
+    text = recipe.to_yaml()
+    assert yaml.safe_load(text)["strategy"] == {"type": "t-cks", "consistency": {"type": "t-linear", "weight": 2.0},
+                                               "sigma": 20.0}
+    assert recipe_from_yaml_text(text) == recipe
+    params = recipe.flat_params()
+    assert params["model.backbone.type"] == "t-convnext_small"
+    assert params["strategy.consistency.weight"] == 2.0
+
+
+def test_deep_merge_does_not_mutate_inputs():
+    base = {"a": {"b": 1, "c": [1]}}
+    merged = deep_merge(base, {"a": {"b": 2}})
+    assert merged == {"a": {"b": 2, "c": [1]}} and base == {"a": {"b": 1, "c": [1]}}
+
+
+def test_recipe_class_is_the_schema():
+    fields = {f.name for f in attrs.fields(Recipe)}
+    assert {"name", "data", "model", "collaborator", "strategy", "train", "eval", "output"} <= fields
