@@ -1,3 +1,141 @@
-"""Registers the Nishimura baseline components."""
+"""Registers the Nishimura-1 baseline and the seeded-watershed baseline as weakseg strategies.
 
-from weakseg.hookspecs import hookimpl  # noqa: F401
+Kept cheap to import (attrs only): torch, scipy and scikit-image are imported inside ``build``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import attrs
+
+from weakseg.hookspecs import hookimpl
+
+Modality = Literal["fluorescence", "phase"]
+
+
+def _positive(instance: Any, attribute: attrs.Attribute, value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
+
+
+def _non_negative(instance: Any, attribute: attrs.Attribute, value: float) -> None:
+    if value < 0:
+        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
+
+
+def _fraction(instance: Any, attribute: attrs.Attribute, value: float) -> None:
+    if not 0 <= value <= 1:
+        raise ValueError(f"{attribute.name} must lie in [0, 1], got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class NishimuraConfig:
+    """Nishimura-1 (MICCAI 2019): heatmap U-Net, guided backprop from each peak, graph cut per cell.
+
+    Training regresses max-combined Gaussians (``sigma`` px) made from the points with an MSE loss.
+    Prediction finds peaks, back-propagates each peak's output region to the input through guided
+    ReLUs (batched over peaks, in windows of ``window`` px around each peak), normalises the
+    response maps, assigns pixels by maximum response and cuts each cell out with a two-label graph
+    cut (``variant: graphcut``, the paper) or keeps the argmax ownership (``variant: lite``).
+    Thresholds on responses refer to normalised maps (``response_norm``).
+    """
+
+    variant: Literal["graphcut", "lite"] = "graphcut"
+    modality: Modality = "phase"
+    #: Standard deviation (px) of the Gaussian per point in the training target (the paper: 12).
+    sigma: float = attrs.field(default=12.0, validator=_positive)
+    #: U-Net width of the first level (the paper: 64, i.e. 64-128-256-512-512) and number of poolings.
+    unet_base: int = attrs.field(default=64, validator=_positive)
+    unet_depth: int = attrs.field(default=4, validator=_positive)
+    #: Peaks: heatmap value threshold (the paper: 125/255 in propagation) and suppression half-width (px).
+    peak_threshold: float = attrs.field(default=0.5, validator=_fraction)
+    peak_min_distance: int = attrs.field(default=5, validator=_non_negative)
+    #: At most this many peaks per image (the highest), so an untrained network cannot stall evaluation.
+    max_peaks: int = attrs.field(default=1000, validator=_positive)
+    #: Each peak's output region: its Voronoi cell within region_radius * sigma (the paper: ~2.6 sigma).
+    region_radius: float = attrs.field(default=2.6, validator=_positive)
+    #: Guided-backprop window side (px) around each peak; None: 2 * region + 64 rounded up to 16.
+    window: int | None = None
+    #: Back-propagate through the whole image for every peak (exact, as the paper; slow).
+    whole_image: bool = False
+    #: Peaks per forward/backward batch.
+    peak_batch: int = attrs.field(default=16, validator=_positive)
+    #: Response maps: Gaussian smoothing (px), then normalisation per map.
+    response_blur: float = attrs.field(default=1.0, validator=_non_negative)
+    response_norm: Literal["max", "quantile", "none"] = "max"
+    #: Pixels whose best normalised response is below this belong to no cell.
+    response_threshold: float = attrs.field(default=0.05, validator=_non_negative)
+    #: Graph cut: seeds (normalised responses), Potts weight, edge contrast, background bias, ROI margin.
+    fg_seed_threshold: float = attrs.field(default=0.2, validator=_non_negative)
+    bg_seed_threshold: float = attrs.field(default=0.1, validator=_non_negative)
+    min_seed_area: int = attrs.field(default=3, validator=_non_negative)
+    pairwise_weight: float = attrs.field(default=20.0, validator=_non_negative)
+    edge_beta: float = attrs.field(default=10.0, validator=_non_negative)
+    unary_bias: float = attrs.field(default=2e-4, validator=_non_negative)
+    graphcut_margin: int = attrs.field(default=16, validator=_non_negative)
+    #: Post-processing of each cut cell: dilate (disk 2), fill holes, erode (disk 1).
+    smooth: bool = True
+    #: Image channel for the graph-cut edge weights (None: mean of all channels).
+    edge_channel: int | None = None
+
+    def resolved_window(self) -> int | None:
+        """The window side in px (None = whole image)."""
+        if self.whole_image:
+            return None
+        if self.window is not None:
+            return self.window
+        side = 2 * self.region_radius * self.sigma + 64
+        return int(-(-side // 16) * 16)
+
+    def build(self, *, recipe: Any = None, data: Any) -> Any:
+        from weakseg_nishimura.strategies import NishimuraStrategy
+
+        return NishimuraStrategy(self, in_channels=data.in_channels)
+
+
+@attrs.frozen(kw_only=True)
+class SeededWatershedConfig:
+    """Seeded watershed (training-free): Otsu foreground, watershed from points or from own seeds.
+
+    Foreground: Otsu on smoothed intensity (fluorescence) or on local standard deviation (phase
+    contrast / bright field texture). Seeds: the given points (``predict_with_points``, e.g. nuclei
+    at prediction time in the A431 setting) or, without points, maxima of the smoothed distance
+    transform of the foreground, or LoG blobs on ``nuclear_channel`` when set.
+    """
+
+    modality: Modality = "phase"
+    #: Intensity channel (None: mean of the channels other than nuclear_channel).
+    channel: int | None = None
+    #: Gaussian smoothing (px) of the intensity before Otsu.
+    smooth_sigma: float = attrs.field(default=1.0, validator=_non_negative)
+    #: Local standard deviation window (px) for phase contrast / bright field.
+    texture_window: int = attrs.field(default=9, validator=_positive)
+    #: Foreground clean-up: remove objects and fill holes smaller than this (px).
+    min_size: int = attrs.field(default=30, validator=_non_negative)
+    #: Watershed surface: distance transform of the foreground, or the (smoothed) intensity.
+    surface: Literal["distance", "intensity"] = "distance"
+    compactness: float = attrs.field(default=0.0, validator=_non_negative)
+    #: Own seeds: maxima of the distance transform smoothed by seed_smooth, min_distance apart.
+    seed_min_distance: int = attrs.field(default=7, validator=_positive)
+    seed_smooth: float = attrs.field(default=2.0, validator=_non_negative)
+    #: Own seeds from a nuclear stain: LoG blob detection on this channel (sigmas in px).
+    nuclear_channel: int | None = None
+    blob_min_sigma: float = attrs.field(default=2.0, validator=_positive)
+    blob_max_sigma: float = attrs.field(default=10.0, validator=_positive)
+    blob_threshold: float = attrs.field(default=0.05, validator=_positive)
+    #: Given points are stamped as discs of this radius (px) and forced into the foreground.
+    seed_radius: int = attrs.field(default=2, validator=_non_negative)
+    #: Drop instances smaller than this (px).
+    min_area: int = attrs.field(default=10, validator=_non_negative)
+
+    def build(self, *, recipe: Any = None, data: Any) -> Any:
+        from weakseg_nishimura.strategies import SeededWatershedStrategy
+
+        return SeededWatershedStrategy(self, in_channels=data.in_channels)
+
+
+@hookimpl
+def weakseg_register_strategies(registry: Any) -> None:
+    registry.add("nishimura", NishimuraConfig)
+    registry.add("seeded-watershed", SeededWatershedConfig)
