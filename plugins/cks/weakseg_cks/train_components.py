@@ -1,0 +1,268 @@
+"""Recipe configs of the CKS training parts: collaborators, consistency losses, strategies.
+
+These attrs classes are what recipes validate against (``{type: name, **kwargs}``); they import
+nothing heavy, so listing plugins stays fast. ``build`` imports the torch modules lazily:
+:mod:`weakseg_cks.collaborator`, :mod:`weakseg_cks.losses`, :mod:`weakseg_cks.strategies`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import attrs
+
+from weakseg.recipe import LossSpec, spec_factory
+
+# --------------------------------------------------------------------------------------------
+# Collaborators (paper Sec. III-B, Table VII)
+# --------------------------------------------------------------------------------------------
+
+
+def _widths(value: Any) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    widths = tuple(value)
+    if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
+        raise ValueError(f"widths must be a non-empty list of positive integers, got {value!r}")
+    return widths
+
+
+@attrs.frozen(kw_only=True)
+class CksCollaboratorConfig:
+    """CKS collaborator: U-Net 16/32/64 for the foreground, 3-layer CNN (32, 32) for borders (net a1/b1).
+
+    ``foreground`` / ``border`` pick a net of the paper's Table VII (a1-a3, b1-b2); explicit
+    ``*_widths`` override the channel widths; ``per_group`` gives one output channel per group
+    (cell line), chosen by the image's group index.
+    """
+
+    foreground: Literal["a1", "a2", "a3"] = "a1"
+    border: Literal["b1", "b2"] = "b1"
+    foreground_widths: tuple[int, ...] | None = attrs.field(default=None, converter=_widths)
+    border_widths: tuple[int, ...] | None = attrs.field(default=None, converter=_widths)
+    per_group: bool = True
+
+    def build(self, *, in_channels: int, n_groups: int = 1, **_: Any) -> Any:
+        from weakseg_cks.collaborator import build_collaborator
+
+        return build_collaborator(
+            in_channels,
+            n_groups,
+            foreground=self.foreground,
+            border=self.border,
+            foreground_widths=self.foreground_widths,
+            border_widths=self.border_widths,
+            per_group=self.per_group,
+        )
+
+
+@attrs.frozen(kw_only=True)
+class CksCollaboratorA2B1Config(CksCollaboratorConfig):
+    """CKS collaborator of Table VII row a2/b1: a deeper foreground U-Net (16..128), border CNN (32, 32)."""
+
+    foreground: Literal["a1", "a2", "a3"] = "a2"
+
+
+@attrs.frozen(kw_only=True)
+class CksCollaboratorA3B1Config(CksCollaboratorConfig):
+    """CKS collaborator of Table VII row a3/b1: the deepest foreground U-Net (16..256), border CNN (32, 32)."""
+
+    foreground: Literal["a1", "a2", "a3"] = "a3"
+
+
+@attrs.frozen(kw_only=True)
+class CksCollaboratorA1B2Config(CksCollaboratorConfig):
+    """CKS collaborator of Table VII row a1/b2: default foreground U-Net, a U-Net (16/32/64) for borders."""
+
+    border: Literal["b1", "b2"] = "b2"
+
+
+@attrs.frozen(kw_only=True)
+class CksCollaboratorA3B2Config(CksCollaboratorConfig):
+    """CKS collaborator of Table VII row a3/b2 (the "sophisticated" setup of Fig. 7)."""
+
+    foreground: Literal["a1", "a2", "a3"] = "a3"
+    border: Literal["b1", "b2"] = "b2"
+
+
+COLLABORATORS: dict[str, type] = {
+    "cks": CksCollaboratorConfig,
+    "cks_a2_b1": CksCollaboratorA2B1Config,
+    "cks_a3_b1": CksCollaboratorA3B1Config,
+    "cks_a1_b2": CksCollaboratorA1B2Config,
+    "cks_a3_b2": CksCollaboratorA3B2Config,
+}
+
+# --------------------------------------------------------------------------------------------
+# Consistency losses (paper Sec. III-C/D)
+# --------------------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class LinearConsistencyConfig:
+    """L_M, linear: collaborator foreground f vs detached merged principal map g, g(1-f) + (1-g)f (eq. 6)."""
+
+    def build(self, **_: Any) -> Any:
+        from weakseg_cks.losses import ForegroundConsistency
+
+        return ForegroundConsistency("linear")
+
+
+@attrs.frozen(kw_only=True)
+class CrossEntropyConsistencyConfig:
+    """L_M, cross-entropy ablation: BCE of the collaborator foreground against the hard label g >= 0.5 (eq. 5)."""
+
+    def build(self, **_: Any) -> Any:
+        from weakseg_cks.losses import ForegroundConsistency
+
+        return ForegroundConsistency("cross_entropy")
+
+
+@attrs.frozen(kw_only=True)
+class InstanceConsistencyConfig:
+    """L_S: each instance follows the detached collaborator foreground, plus the overlap penalty (eq. 8)."""
+
+    overlap_weight: float = attrs.field(default=1.0, validator=attrs.validators.ge(0))
+
+    def build(self, **_: Any) -> Any:
+        from weakseg_cks.losses import InstanceConsistency
+
+        return InstanceConsistency(cross_entropy=False, overlap_weight=self.overlap_weight)
+
+
+@attrs.frozen(kw_only=True)
+class InstanceCrossEntropyConfig:
+    """L_S, cross-entropy ablation: BCE of each instance against the hard collaborator label, plus overlap."""
+
+    overlap_weight: float = attrs.field(default=1.0, validator=attrs.validators.ge(0))
+
+    def build(self, **_: Any) -> Any:
+        from weakseg_cks.losses import InstanceConsistency
+
+        return InstanceConsistency(cross_entropy=True, overlap_weight=self.overlap_weight)
+
+
+@attrs.frozen(kw_only=True)
+class BorderConsistencyConfig:
+    """L_B: collaborator border vs tanh of summed Sobel borders of the instances, L2; updates both models."""
+
+    def build(self, **_: Any) -> Any:
+        from weakseg_cks.losses import BorderConsistency
+
+        return BorderConsistency()
+
+
+@attrs.frozen(kw_only=True)
+class CollapsePenaltyConfig:
+    """L_MC: w * mean_i S / sqrt(mass_i), keeps instance masks from collapsing to nothing (w = 0.01)."""
+
+    weight: float = attrs.field(default=0.01, validator=attrs.validators.ge(0))
+
+    def build(self, **_: Any) -> Any:
+        from weakseg_cks.losses import CollapsePenalty
+
+        return CollapsePenalty(self.weight)
+
+
+CONSISTENCY_LOSSES: dict[str, type] = {
+    "linear": LinearConsistencyConfig,
+    "cross_entropy": CrossEntropyConsistencyConfig,
+    "instance": InstanceConsistencyConfig,
+    "instance_cross_entropy": InstanceCrossEntropyConfig,
+    "border": BorderConsistencyConfig,
+    "collapse": CollapsePenaltyConfig,
+}
+
+# --------------------------------------------------------------------------------------------
+# Strategies
+# --------------------------------------------------------------------------------------------
+
+
+def _sigma(value: Any) -> float | dict[str, float]:
+    """sigma: one number (image pixels) or a mapping group name -> number (``default`` for the rest)."""
+
+    def number(v: Any, where: str) -> float:
+        if isinstance(v, str):
+            with contextlib.suppress(ValueError):
+                v = float(v)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            raise ValueError(f"{where} must be a positive number (Gaussian prior sigma in pixels), got {v!r}")
+        return float(v)
+
+    if isinstance(value, Mapping):
+        if not value:
+            raise ValueError("sigma: an empty mapping; give a number or {group name: sigma, default: sigma}")
+        return {str(k): number(v, f"sigma.{k}") for k, v in value.items()}
+    return number(value, "sigma")
+
+
+def _non_negative(_: Any, attribute: attrs.Attribute, value: float) -> None:
+    if value < 0:
+        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class CksStrategyConfig:
+    """Collaborative Knowledge Sharing from point labels: principal + collaborator, warm-up then soft phase.
+
+    Losses (all weight 1, as in the paper): detection (L_LPN), L_M (``consistency``), L_S
+    (``instance_loss``), L_B and L_MC (``collapse_weight``). During the warm-up (``warmup_steps``,
+    or ``warmup_fraction`` of ``train.steps``) the prior is near-flat (``warmup_sigma``,
+    ``warmup_pi``) and L_S uses hard collaborator labels and the log overlap.
+    ``pi: 0`` switches the Gaussian prior off; ``sigma`` is one value or ``{group: sigma}``.
+    """
+
+    consistency: LossSpec = attrs.field(factory=spec_factory(LossSpec, "linear"))
+    instance_loss: LossSpec = attrs.field(factory=spec_factory(LossSpec, "instance"))
+    pi: float = attrs.field(default=2.0, validator=_non_negative)
+    sigma: Any = attrs.field(default=20.0, converter=_sigma)
+    warmup_steps: int | None = None
+    warmup_fraction: float = attrs.field(default=0.1, validator=[attrs.validators.ge(0.0), attrs.validators.le(1.0)])
+    warmup_sigma: float = attrs.field(default=100.0, validator=attrs.validators.gt(0))
+    warmup_pi: float = attrs.field(default=1.0, validator=_non_negative)
+    collapse_weight: float = attrs.field(default=0.01, validator=_non_negative)
+    border_weight: float = attrs.field(default=1.0, validator=_non_negative)
+    #: Segment at the best detection within the head's match radius of each point (the reference), not the point.
+    use_detections: bool = True
+
+    def build(self, *, recipe: Any, data: Any, **_: Any) -> Any:
+        from weakseg_cks.strategies import build_cks
+
+        return build_cks(self, recipe, data)
+
+
+@attrs.frozen(kw_only=True)
+class SupervisedStrategyConfig:
+    """Fully supervised principal model from instance masks (BCE on crops, detection from centroids): upper bound."""
+
+    use_detections: bool = True
+
+    def build(self, *, recipe: Any, data: Any, **_: Any) -> Any:
+        from weakseg_cks.strategies import build_supervised
+
+        return build_supervised(self, recipe, data)
+
+
+@attrs.frozen(kw_only=True)
+class MixedStrategyConfig(CksStrategyConfig):
+    """One run over images with masks (supervised terms) and images with points only (CKS terms).
+
+    Images with masks train the principal with the supervised losses and (``supervise_collaborator``)
+    the collaborator foreground with BCE against the mask; images with points only get the CKS losses.
+    """
+
+    supervise_collaborator: bool = True
+
+    def build(self, *, recipe: Any, data: Any, **_: Any) -> Any:
+        from weakseg_cks.strategies import build_mixed
+
+        return build_mixed(self, recipe, data)
+
+
+STRATEGIES: dict[str, type] = {
+    "cks": CksStrategyConfig,
+    "supervised": SupervisedStrategyConfig,
+    "mixed": MixedStrategyConfig,
+}
