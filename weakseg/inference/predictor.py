@@ -1,0 +1,430 @@
+"""Prediction with a trained principal model on images of any size.
+
+:class:`Predictor` wraps any model with ``predict(image (B, C, H, W) float32 standardised) ->
+list[Instances]`` (the principal model of a strategy, weakseg.strategy) and takes care of what a
+user's image needs before and after the model:
+
+1. per-image, per-channel standardisation (statistics over the whole image, applied per tile);
+2. rescaling by ``scale`` so that cells have the size the model was trained on; results are mapped
+   back to the original pixel grid (mask crops are resampled bilinearly, so a crop of size S becomes
+   about S / scale, as in the reference implementation's scaled inference, cks-implementation-notes
+   section 1.4);
+3. tiles with overlap, batched through the model, and stitching (weakseg.inference.tiling);
+4. optional bf16 autocast (CPU with AVX512-BF16, or CUDA).
+
+``predict_instances`` returns every detection (for COCO-style AP); ``predict`` returns an int32 label
+image of the detections scoring at least ``score_threshold``, pasted tile by tile so that a
+10000 x 10000 image never needs full-size float copies or dense per-instance masks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from weakseg.errors import DataError, WeaksegError
+from weakseg.inference.tiling import (
+    ChannelFirst,
+    LabelStitcher,
+    LabelTable,
+    Tile,
+    as_view,
+    cross_tile_duplicates,
+    image_stats,
+    in_core,
+    plan_tiles,
+    read_tile,
+)
+from weakseg.nn.instances import Instances
+
+PRECISIONS = ("fp32", "bf16")
+
+#: Masks resampled per chunk of this many instances when mapping back from a rescaled image.
+RESAMPLE_CHUNK = 256
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` means CUDA when available, else CPU; anything else goes to ``torch.device``."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise WeaksegError(f"device {str(device)!r} was requested but CUDA is not available; use --device cpu")
+    return dev
+
+
+def rescale_instances(inst: Instances, sy: float, sx: float, image_shape: tuple[int, int]) -> Instances:
+    """Map instances found in an image resized by (sy, sx) back to the original pixel grid.
+
+    Crop pixel (a, b) of a crop with origin (y0, x0) covers the resized image's pixel
+    (y0 + a, x0 + b); with edge indexing (pixel centres at i + 0.5) original position u maps to u * s.
+    Each original pixel centre of the new, larger or smaller crop samples the old crop bilinearly
+    (zero outside it). The new crop is ceil(S / s) + 1 pixels square so it covers the whole old one.
+    """
+    if sy == 1.0 and sx == 1.0:
+        return Instances(inst.scores, inst.locations, inst.masks, inst.origins, tuple(image_shape))
+    n = len(inst)
+    size = int(inst.masks.shape[-1])
+    new_size = int(math.ceil(size / min(sy, sx))) + 1
+    scale = torch.tensor([sy, sx], dtype=torch.float64)
+    locations = (inst.locations.double() / scale).float()
+    if n == 0:
+        return Instances.empty(image_shape, new_size)
+    o = inst.origins.double()
+    new_origins = torch.floor(o / scale).long()
+    a = torch.arange(new_size, dtype=torch.float64) + 0.5
+    gy = ((new_origins[:, :1].double() + a) * sy - o[:, :1]) * (2.0 / size) - 1.0  # (N, S')
+    gx = ((new_origins[:, 1:].double() + a) * sx - o[:, 1:]) * (2.0 / size) - 1.0
+    out = []
+    masks = inst.masks.float()
+    for k in range(0, n, RESAMPLE_CHUNK):
+        sl = slice(k, k + RESAMPLE_CHUNK)
+        m = gy[sl].shape[0]
+        grid = torch.stack(
+            [gx[sl][:, None, :].expand(m, new_size, new_size), gy[sl][:, :, None].expand(m, new_size, new_size)], -1
+        ).float()
+        sampled = F.grid_sample(masks[sl, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        out.append(sampled[:, 0])
+    return Instances(inst.scores, locations, torch.cat(out), new_origins, tuple(image_shape))
+
+
+def adapt_channels(image: np.ndarray, in_channels: int | None, name: str = "image") -> np.ndarray:
+    """Make a (C, h, w) array have the model's channel count: RGB(A) -> grey for 1-channel models,
+    alpha dropped for 3-channel ones, grey repeated for 3-channel ones; anything else is an error."""
+    c = image.shape[0]
+    if in_channels is None or c == in_channels:
+        return image
+    if in_channels == 1 and c in (3, 4):
+        return image[:3].mean(axis=0, keepdims=True, dtype=np.float32)
+    if c == 4 and in_channels == 3:
+        return image[:3]
+    if c == 1 and in_channels == 3:
+        return np.repeat(image, 3, axis=0)
+    raise DataError(f"{name}: has {c} channels but the model expects {in_channels}; convert the image first")
+
+
+class _AdaptedView(ChannelFirst):
+    """A view whose reads are converted to the model's channel count."""
+
+    def __init__(self, base: ChannelFirst, in_channels: int | None) -> None:
+        super().__init__(base.array, base.axes, base.name)
+        self.in_channels = in_channels
+        self._c = base.shape[0]
+        adapt_channels(np.zeros((self._c, 1, 1), np.float32), in_channels, base.name)  # fail early
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        c, h, w = super().shape
+        return (self.in_channels or c, h, w)
+
+    def read(self, y0: int = 0, y1: int | None = None, x0: int = 0, x1: int | None = None) -> np.ndarray:
+        return adapt_channels(super().read(y0, y1, x0, x1), self.in_channels, self.name)
+
+
+class Predictor:
+    """Run a principal model on images of any size, any dtype, at any scale.
+
+    Args:
+        model: has ``predict(image (B, C, H, W) float32) -> list[Instances]`` (input-pixel coordinates).
+        scale: the image is resized by this factor before the model (cell size as in training);
+            results come back in original coordinates.
+        tile_size, overlap: tile edge and minimum overlap in *model-input* pixels. The overlap should
+            exceed the model's crop size (96 in the paper) plus a few pixels so that every kept cell
+            was seen whole.
+        batch_size: tiles per forward pass.
+        device: "cpu", "cuda", "cuda:1" or "auto".
+        precision: "fp32" or "bf16" (torch.autocast with bfloat16).
+        score_threshold, min_area, mask_threshold: for label images (``predict``).
+        in_channels: the model's channel count; images are converted when it differs (None: as is).
+        dedup_distance: instances from two tiles closer than this (model-input pixels) are duplicates.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        scale: float = 1.0,
+        tile_size: int = 1024,
+        overlap: int = 128,
+        batch_size: int = 4,
+        device: str | torch.device = "cpu",
+        precision: str = "fp32",
+        score_threshold: float = 0.5,
+        min_area: int = 0,
+        mask_threshold: float = 0.5,
+        in_channels: int | None = None,
+        dedup_distance: float = 8.0,
+    ) -> None:
+        if not (scale > 0 and math.isfinite(scale)):
+            raise WeaksegError(f"scale must be a positive number, got {scale!r}")
+        if precision not in PRECISIONS:
+            raise WeaksegError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if tile_size < 32:
+            raise WeaksegError(f"tile size must be at least 32 pixels, got {tile_size}")
+        if not 0 <= overlap < tile_size:
+            raise WeaksegError(f"overlap ({overlap}) must be in [0, tile size {tile_size})")
+        if batch_size < 1:
+            raise WeaksegError(f"batch size must be at least 1, got {batch_size}")
+        self.model = model
+        self.scale = float(scale)
+        self.tile_size = int(tile_size)
+        self.overlap = int(overlap)
+        self.batch_size = int(batch_size)
+        self.device = resolve_device(device)
+        self.precision = precision
+        self.score_threshold = float(score_threshold)
+        self.min_area = int(min_area)
+        self.mask_threshold = float(mask_threshold)
+        self.in_channels = in_channels
+        self.dedup_distance = float(dedup_distance)
+        self._warned_overlap = False
+        if isinstance(model, torch.nn.Module):
+            model.to(self.device)
+            model.eval()
+
+    # ---------------------------------------------------------------- model calls
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def run_model(self, batch: torch.Tensor) -> list[Instances]:
+        """One forward pass on a standardised (B, C, H, W) batch; results as float32 on the CPU."""
+        with torch.inference_mode(), self._autocast():
+            out = self.model.predict(batch.to(self.device, non_blocking=True))
+        return [
+            Instances(
+                o.scores.detach().float().cpu(),
+                o.locations.detach().float().cpu(),
+                o.masks.detach().float().cpu(),
+                o.origins.detach().long().cpu(),
+                tuple(o.image_shape) if o.image_shape else tuple(batch.shape[-2:]),
+            )
+            for o in out
+        ]
+
+    def _check_overlap(self, inst: Instances) -> None:
+        if self._warned_overlap or len(inst) == 0:
+            return
+        crop = int(inst.masks.shape[-1])
+        if self.overlap < crop + 2 * self.dedup_distance:
+            self._warned_overlap = True
+            warnings.warn(
+                f"tile overlap {self.overlap} px is smaller than the model's crop size {crop} px plus "
+                f"{2 * self.dedup_distance:g}; cells on tile seams may be cut (raise --overlap)",
+                stacklevel=3,
+            )
+
+    # ---------------------------------------------------------------- tiles
+
+    def plan(self, shape: tuple[int, int]) -> list[Tile]:
+        """Tiles in original pixels for an image of ``shape``: the model sees ``tile_size`` pixels."""
+        tile = max(1, round(self.tile_size / self.scale))
+        overlap = min(tile - 1, round(self.overlap / self.scale))
+        return plan_tiles(shape, tile, overlap)
+
+    def _view(self, image: Any) -> ChannelFirst:
+        if isinstance(image, np.ndarray | ChannelFirst) or hasattr(image, "shape"):
+            if isinstance(image, torch.Tensor):
+                image = image.detach().cpu().numpy()
+            view = as_view(image)
+        else:
+            view = as_view(np.asarray(image))
+        if self.in_channels is not None and view.shape[0] != self.in_channels:
+            view = _AdaptedView(view, self.in_channels)
+        if view.shape[1] < 1 or view.shape[2] < 1:
+            raise DataError(f"{view.name}: empty image of shape {view.shape}")
+        return view
+
+    def iter_tiles(
+        self, image: Any, progress: Callable[[int, int], None] | None = None
+    ) -> Iterator[tuple[int, Tile, Instances]]:
+        """Yield (tile index, tile, instances it owns) with instances in original image coordinates.
+
+        ``progress(done, total)`` is called after each batch of tiles.
+        """
+        view = self._view(image)
+        _, h, w = view.shape
+        mean, std = image_stats(view)
+        tiles = self.plan((h, w))
+        tol = self.dedup_distance / self.scale
+        done = 0
+        for b0 in range(0, len(tiles), self.batch_size):
+            group = tiles[b0 : b0 + self.batch_size]
+            th, tw = group[0].shape
+            arrays = [read_tile(view, t, mean, std) for t in group]
+            batch = torch.from_numpy(np.stack(arrays))
+            oh, ow = th, tw
+            if self.scale != 1.0:
+                oh, ow = max(1, round(th * self.scale)), max(1, round(tw * self.scale))
+                batch = F.interpolate(
+                    batch, size=(oh, ow), mode="bilinear", align_corners=False, antialias=self.scale < 1.0
+                )
+            results = self.run_model(batch)
+            for k, (tile, inst) in enumerate(zip(group, results, strict=True)):
+                self._check_overlap(inst)
+                inst = rescale_instances(inst, oh / th, ow / tw, (th, tw)).shift(tile.y0, tile.x0, (h, w))
+                keep = torch.from_numpy(in_core(inst.locations.numpy(), tile, tol if len(tiles) > 1 else 0.0))
+                yield b0 + k, tile, inst.select(keep)
+            done += len(group)
+            if progress is not None:
+                progress(done, len(tiles))
+
+    # ---------------------------------------------------------------- public API
+
+    def predict_instances(self, image: Any, progress: Callable[[int, int], None] | None = None) -> Instances:
+        """All detections of ``image`` ((C, H, W) or (H, W), any dtype) in original coordinates.
+
+        Every tile's own instances are concatenated and cross-tile duplicates removed. Masks stay
+        dense crops (N, S, S), so for huge images prefer :meth:`predict`/:meth:`predict_labels`.
+        """
+        view = self._view(image)
+        _, h, w = view.shape
+        parts, tile_ids = [], []
+        for index, _tile, inst in self.iter_tiles(view, progress):
+            parts.append(inst)
+            tile_ids.append(np.full(len(inst), index))
+        if not parts or sum(len(p) for p in parts) == 0:
+            size = int(parts[0].masks.shape[-1]) if parts else 1
+            return Instances.empty((h, w), size)
+        merged = Instances(
+            torch.cat([p.scores for p in parts]),
+            torch.cat([p.locations for p in parts]),
+            torch.cat([p.masks for p in parts]),
+            torch.cat([p.origins for p in parts]),
+            (h, w),
+        )
+        if len(parts) > 1:
+            keep = cross_tile_duplicates(
+                merged.locations.numpy().astype(np.float64),
+                merged.scores.numpy(),
+                np.concatenate(tile_ids),
+                self.dedup_distance / self.scale,
+            )
+            merged = merged.select(torch.from_numpy(keep))
+        order = torch.argsort(merged.scores, descending=True, stable=True)
+        return merged.select(order)
+
+    def predict_labels(
+        self, image: Any, out: Any = None, progress: Callable[[int, int], None] | None = None
+    ) -> tuple[Any, LabelTable]:
+        """Label image (int32; ``out`` if given, e.g. a zarr array) and a table of label scores and
+        locations; label k has the k-th highest score among the pasted instances."""
+        view = self._view(image)
+        _, h, w = view.shape
+        stitcher = LabelStitcher(
+            (h, w),
+            out,
+            score_threshold=self.score_threshold,
+            mask_threshold=self.mask_threshold,
+            min_area=self.min_area,
+            dedup_distance=self.dedup_distance / self.scale,
+        )
+        for index, _tile, inst in self.iter_tiles(view, progress):
+            if len(inst):
+                stitcher.add(
+                    inst.scores.numpy(),
+                    inst.locations.numpy(),
+                    inst.masks.numpy(),
+                    inst.origins.numpy(),
+                    tile_index=index,
+                )
+        return stitcher.finish()
+
+    def predict(self, image: Any) -> np.ndarray:
+        """An int32 instance label image of ``image`` (0 background, 1..M by decreasing score)."""
+        labels, _ = self.predict_labels(image)
+        return np.asarray(labels)
+
+    def predict_batch(self, images: Sequence[np.ndarray]) -> list[Instances]:
+        """Instances of several images that fit in one tile, in batches of ``batch_size`` (for
+        throughput on many small images of equal size); larger images go through tiling."""
+        results: list[Instances | None] = [None] * len(images)
+        small: dict[tuple[int, ...], list[int]] = {}
+        views = [self._view(im) for im in images]
+        limit = self.tile_size / self.scale
+        for i, v in enumerate(views):
+            if max(v.shape[1:]) <= limit:
+                small.setdefault(v.shape, []).append(i)
+            else:
+                results[i] = self.predict_instances(v)
+        for shape, idx in small.items():
+            _, h, w = shape
+            for b0 in range(0, len(idx), self.batch_size):
+                part = idx[b0 : b0 + self.batch_size]
+                arrays = []
+                for i in part:
+                    mean, std = image_stats(views[i])
+                    arrays.append(read_tile(views[i], Tile(0, h, 0, w, 0, h, 0, w, (False,) * 4), mean, std))
+                batch = torch.from_numpy(np.stack(arrays))
+                oh, ow = h, w
+                if self.scale != 1.0:
+                    oh, ow = max(1, round(h * self.scale)), max(1, round(w * self.scale))
+                    batch = F.interpolate(
+                        batch, size=(oh, ow), mode="bilinear", align_corners=False, antialias=self.scale < 1.0
+                    )
+                for i, inst in zip(part, self.run_model(batch), strict=True):
+                    inst = rescale_instances(inst, oh / h, ow / w, (h, w))
+                    results[i] = inst.select(torch.argsort(inst.scores, descending=True, stable=True))
+        return [r for r in results if r is not None]
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading from a checkpoint
+# ------------------------------------------------------------------------------------------------
+
+
+def training_pixel_size(checkpoint: Any) -> float | None:
+    """The pixel size the model was trained at, when the checkpoint records one.
+
+    Looked up in the recipe (``data.pixel_size``) and then in the checkpoint's data summary
+    (``pixel_size``); None when neither has it.
+    """
+    recipe = getattr(checkpoint, "recipe", None)
+    data = getattr(recipe, "data", None)
+    value = getattr(data, "pixel_size", None)
+    if value is None:
+        summary = getattr(checkpoint, "data_summary", None) or {}
+        value = summary.get("pixel_size") if isinstance(summary, dict) else getattr(summary, "pixel_size", None)
+    return float(value) if value else None
+
+
+def load_predictor(
+    checkpoint: str | Path, *, pixel_size: float | None = None, device: str | torch.device = "cpu", **kwargs: Any
+) -> Predictor:
+    """A :class:`Predictor` for the principal model of a weakseg checkpoint.
+
+    ``pixel_size`` (of the images to predict) sets ``scale = pixel_size / training pixel size`` when
+    the checkpoint records the training pixel size; otherwise pass ``scale`` explicitly. Other keyword
+    arguments go to :class:`Predictor`.
+    """
+    from weakseg.engine.checkpoint import load_strategy
+
+    path = Path(checkpoint)
+    if not path.exists():
+        raise DataError(f"checkpoint {path} does not exist; pass the path of a .pt file written by `weakseg run`")
+    dev = resolve_device(device)
+    strategy, ckpt = load_strategy(str(path), device=str(dev))
+    if pixel_size is not None:
+        if "scale" in kwargs:
+            raise WeaksegError("give either scale or pixel_size, not both")
+        trained = training_pixel_size(ckpt)
+        if trained is None:
+            raise WeaksegError(
+                f"checkpoint {path} records no training pixel size (recipe key data.pixel_size); "
+                "pass --scale instead of --pixel-size"
+            )
+        kwargs["scale"] = float(pixel_size) / trained
+    summary = getattr(ckpt, "data_summary", None)
+    in_channels = summary.get("in_channels") if isinstance(summary, dict) else getattr(summary, "in_channels", None)
+    kwargs.setdefault("in_channels", in_channels)
+    return Predictor(strategy.principal(), device=dev, **kwargs)
