@@ -467,7 +467,8 @@ def stats_from_overlap(
             m = greedy_match(ov.pred[sel], ov.gt[sel], iou[sel], d, ties="last", gt_ignore=gt_ignore)
             hit = m >= 0
             matched[ti] = hit
-            ignored[ti] = np.where(hit, gt_ignore[np.maximum(m, 0)], dt_out)
+            ignored[ti] = dt_out
+            ignored[ti, hit] = gt_ignore[m[hit]]
         coco[name] = CocoImage(
             scores=scores[:d].astype(np.float32),
             matched=_bits(matched),
@@ -543,10 +544,14 @@ def image_stats(
 
 def unsmoothed_ap(scores: np.ndarray, tp: np.ndarray, n_gt: int) -> float:
     """Paper eq. 9: ``sum_k T_k P_k / C`` over predictions ranked by score (stable for ties)."""
+    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+    return _ranked_ap(np.asarray(tp, bool)[order], n_gt)
+
+
+def _ranked_ap(hits: np.ndarray, n_gt: int) -> float:
+    """Eq. 9 for true-positive flags already in rank order."""
     if n_gt == 0:
         return math.nan
-    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
-    hits = np.asarray(tp, bool)[order]
     if hits.size == 0:
         return 0.0
     precision = np.cumsum(hits) / np.arange(1, hits.size + 1)
@@ -626,8 +631,9 @@ def compute_metrics(stats: Iterable[ImageStats], *, coco: bool = True) -> dict[s
 
     scores = np.concatenate([s.scores for s in items]) if items else np.zeros(0, np.float32)
     tp_bits = np.concatenate([s.ap_tp for s in items]) if items else np.zeros(0, np.uint16)
-    tp = _unbits(tp_bits, n_t)
-    aps = [unsmoothed_ap(scores, tp[t], n_gt) for t in range(n_t)]
+    order = np.argsort(-scores.astype(np.float64), kind="stable")  # one ranking for every threshold
+    tp = _unbits(tp_bits[order], n_t)
+    aps = [_ranked_ap(tp[t], n_gt) for t in range(n_t)]
     if n_t:
         out["mAP"] = float(np.mean(aps))
     for t, ap in zip(thresholds, aps, strict=True):
