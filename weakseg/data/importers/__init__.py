@@ -1,0 +1,14 @@
+"""Importers: turn user data (COCO json, folders of images and masks, point CSVs, nuclear stains) into records.
+
+Each importer is an attrs config class registered under a name; ``build()`` returns an object with
+``scan(source) -> Iterable[ImageRecord]`` whose loaders read files lazily. ``weakseg data import``
+writes the records with :class:`weakseg.data.store.StoreWriter`.
+"""
+
+from __future__ import annotations
+
+from weakseg.data.importers.folder import FolderImporter
+
+BUILTIN_IMPORTERS: dict[str, type] = {
+    "folder": FolderImporter,
+}
