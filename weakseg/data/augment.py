@@ -173,17 +173,23 @@ def draw_transform(
     size: int,
     cfg: AugmentConfig,
     base_scale: float = 1.0,
+    contains: tuple[float, float] | None = None,
 ) -> CropTransform:
     """Draw a random crop transform (scale jitter, window, flips, rotation) for one sample.
 
     The scale is ``base_scale`` (per-group rescaling) times a jitter uniform in ``cfg.scale_range``,
     drawn per axis when ``cfg.anisotropic``. The window is uniform over the scaled image; when the
     scaled image is smaller than the crop it is placed at a random offset inside the padded crop.
+    ``contains`` (a source point (y, x)) instead places the window so that it holds the point, away
+    from the window's edges where the image allows.
     """
     lo, hi = cfg.scale_range
     jitter = rng.uniform(lo, hi, size=2) if cfg.anisotropic else np.repeat(rng.uniform(lo, hi), 2)
     scale = (float(base_scale * jitter[0]), float(base_scale * jitter[1]))
-    origin = tuple(_draw_origin(rng, image_shape[a] * scale[a], size) for a in (0, 1))
+    if contains is None:
+        origin = tuple(_draw_origin(rng, image_shape[a] * scale[a], size) for a in (0, 1))
+    else:
+        origin = tuple(_origin_around(rng, contains[a] * scale[a], image_shape[a] * scale[a], size) for a in (0, 1))
     flip_y = bool(cfg.flips and rng.random() < 0.5)
     flip_x = bool(cfg.flips and rng.random() < 0.5)
     rot = int(rng.integers(0, 4)) if cfg.rot90 else 0
@@ -195,6 +201,15 @@ def _draw_origin(rng: np.random.Generator, scaled_extent: float, size: int) -> i
     if extent >= size:
         return int(rng.integers(0, extent - size + 1))
     return -int(rng.integers(0, size - extent + 1))  # pad: image placed anywhere inside the crop
+
+
+def _origin_around(rng: np.random.Generator, coord: float, scaled_extent: float, size: int) -> int:
+    extent = int(math.floor(scaled_extent))
+    offset = int(rng.integers(size // 8, max(size // 8 + 1, size - size // 8)))
+    origin = int(math.floor(coord)) - offset
+    if extent >= size:
+        return min(max(origin, 0), extent - size)
+    return min(max(origin, extent - size), 0)
 
 
 def identity_transform(image_shape: tuple[int, int], size: int, origin: tuple[int, int] = (0, 0)) -> CropTransform:
@@ -268,9 +283,15 @@ class ImageStats:
     sample: np.ndarray  # (C, K) float32
 
     @classmethod
-    def from_pixels(cls, pixels: np.ndarray, keep: int = 1024, seed: int = 0) -> ImageStats:
-        """Statistics from pixel values (C, ...) (a whole image or a subsample of it)."""
+    def from_pixels(cls, pixels: np.ndarray, keep: int = 1024, seed: int = 0, limit: int = 1 << 18) -> ImageStats:
+        """Statistics from pixel values (C, ...) (a whole image or a subsample of it).
+
+        At most ``limit`` pixels per channel are used (an even stride through the rest), which keeps
+        the cost and the memory of a large image small while the estimates stay accurate.
+        """
         flat = np.asarray(pixels).reshape(pixels.shape[0], -1)
+        if flat.shape[1] > limit:
+            flat = flat[:, :: int(math.ceil(flat.shape[1] / limit))]
         data = flat.astype(np.float64)
         mean, std = data.mean(axis=1), data.std(axis=1)
         lo, hi = np.percentile(data, [0.1, 99.9], axis=1)
