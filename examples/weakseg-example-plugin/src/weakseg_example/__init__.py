@@ -1,0 +1,1 @@
+"""An example weakseg plugin distribution (see plugin.py)."""
