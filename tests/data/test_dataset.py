@@ -15,40 +15,24 @@ from weakseg.recipe import AugmentConfig
 from .test_augment import centroids, disc_labels
 
 
-def write_store(path: Path, images: list[dict]) -> Path:
-    """A store in the layout of weakseg.data.store (zarr v3, NGFF image groups, points/centroids)."""
-    import zarr
+def write_store(path: Path, images: list[dict], centroids: bool = True) -> Path:
+    """Import in-memory images (``id``, ``image``, optional ``labels``, ``group``, ``split``) with StoreWriter."""
+    from weakseg.components import ImageRecord
+    from weakseg.data.store import StoreWriter
 
-    root = zarr.open_group(str(path), mode="w", zarr_format=3)
-    infos = []
+    writer = StoreWriter(path)
     for item in images:
-        image = item["image"] if item["image"].ndim == 3 else item["image"][None]
-        group = root.require_group("images").create_group(item["id"])
-        c, h, w = image.shape
-        arr = group.create_array("0", shape=image.shape, chunks=(c, min(512, h), min(512, w)), dtype=image.dtype)
-        arr[...] = image
         labels = item.get("labels")
-        if labels is not None:
-            cells = group.create_group("labels").create_group("cells")
-            lab = cells.create_array("0", shape=labels.shape, chunks=(min(512, h), min(512, w)), dtype="int32")
-            lab[...] = labels
-        infos.append(
-            {
-                "image_id": item["id"],
-                "split": item.get("split", "train"),
-                "group": item.get("group", "all"),
-                "shape": [c, h, w],
-                "dtype": str(image.dtype),
-                "n_instances": int(len(np.unique(labels)) - 1) if labels is not None else 0,
-                "has_labels": labels is not None,
-            }
+        record = ImageRecord(
+            image_id=item["id"],
+            source=f"memory:{item['id']}",
+            load_image=lambda item=item: item["image"],
+            load_labels=None if labels is None else (lambda labels=labels: labels),
+            group=item.get("group", "all"),
+            split=item.get("split", "train"),
         )
-    root.attrs["weakseg"] = {
-        "format": "weakseg-store/1",
-        "images": infos,
-        "groups": sorted({i["group"] for i in infos}),
-        "complete": True,
-    }
+        writer.add(record, label_sources=None if centroids else [])
+    writer.close()
     return path
 
 
@@ -184,7 +168,7 @@ def test_a_crop_reads_a_region_not_the_whole_image(tmp_path):
     yy, xx = np.mgrid[:h, :w]
     labels = (((yy // 40) * (w // 40) + xx // 40 + 1) * (((yy % 40) > 5) & ((xx % 40) > 5))).astype(np.int32)
     image = ((yy % 40) * 20 + (xx % 40) * 10).astype(np.uint16)
-    path = write_store(tmp_path / "big.zarr", [{"id": "big", "image": image, "labels": labels}])
+    path = write_store(tmp_path / "big.zarr", [{"id": "big", "image": image, "labels": labels}], centroids=False)
     points = centroids_grid(h, w)
     ds = CropDataset(
         path,

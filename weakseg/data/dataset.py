@@ -60,6 +60,8 @@ CROP_RETRIES = 5
 
 def store_path(cfg: DataConfig) -> Path:
     """The store of ``cfg``, generated first when it is synthetic and missing."""
+    if cfg.synthetic is None:
+        return Path(cfg.store)  # open_store names the path when it is missing or incomplete
     from weakseg.data.prepare import ensure_store
 
     return Path(ensure_store(cfg))
