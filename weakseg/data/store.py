@@ -307,17 +307,15 @@ def write_points_array(image_group: Path, source: str, points: np.ndarray, prove
         raise ValueError(f"invalid point source name {source!r}")
     pts = np.asarray(points, dtype=np.float32).reshape(-1, 2)
     folder = image_group / "points"
-    folder.mkdir(parents=True, exist_ok=True)
     if not (folder / "zarr.json").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
         zarr.open_group(str(folder), mode="a", zarr_format=3)
     tmp = folder / f".tmp-{source}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    arr = zarr.create_array(
-        str(tmp), shape=pts.shape, chunks=(max(len(pts), 1), 2), dtype="float32", zarr_format=3,
+    zarr.create_array(
+        str(tmp), data=pts, chunks=(max(len(pts), 1), 2), zarr_format=3, dimension_names=("point", "axis"),
         attributes={"weakseg": {"provenance": dict(provenance), "axes": ["y", "x"],
                                 "convention": "pixel centres at i + 0.5"}},
     )
-    if len(pts):
-        arr[...] = pts
     final = folder / source
     if final.exists():
         shutil.rmtree(final, ignore_errors=True)
@@ -361,10 +359,6 @@ def _store_dtype(dtype: np.dtype) -> np.dtype:
     if dtype.kind not in "uif":
         raise DataError(f"unsupported image data type {dtype}")
     return dtype
-
-
-def _is_lazy(arr: Any) -> bool:
-    return not isinstance(arr, np.ndarray)
 
 
 def _materialize(arr: Any, limit: int) -> Any:
@@ -449,6 +443,7 @@ class StoreWriter:
             }
             self.root.require_group("images")
         self._resume = resume
+        self._images = self.root["images"]
         report = self.path / REPORT_NAME
         if report.exists() and not resume:
             report.unlink()
@@ -542,34 +537,36 @@ class StoreWriter:
 
         # ---- write -------------------------------------------------------------------------
         self.discard(image_id)
-        group = self.root.require_group("images").create_group(image_id)
-        group.attrs["ome"] = {
-            "version": "0.5",
-            "multiscales": [
-                _ome_multiscales(
-                    image_id,
-                    [{"name": "c", "type": "channel"}, *_space_axes(record.pixel_size)],
-                    [1.0, float(record.pixel_size or 1.0), float(record.pixel_size or 1.0)],
-                )
-            ],
-        }
-        chunk = self.chunk
-        arr = group.create_array("0", shape=(c, h, w), chunks=(c, min(chunk, h), min(chunk, w)), dtype=dtype)
-        _copy_into(arr, image if np.dtype(image.dtype) == dtype or _is_lazy(image) else image.astype(dtype))
+        ps = float(record.pixel_size or 1.0)
+        group = self._images.create_group(
+            image_id,
+            attributes={
+                "ome": {
+                    "version": "0.5",
+                    "multiscales": [
+                        _ome_multiscales(
+                            image_id, [{"name": "c", "type": "channel"}, *_space_axes(record.pixel_size)], [1.0, ps, ps]
+                        )
+                    ],
+                }
+            },
+        )
+        arr = self._write_array(group, "0", image, (c, h, w), dtype, ("c", "y", "x"))
         n_instances = 0
         label_arr = None
         if labels is not None:
-            lab_group = group.create_group("labels")
-            lab_group.attrs["ome"] = {"version": "0.5", "labels": [LABEL_NAME]}
-            cells = lab_group.create_group(LABEL_NAME)
-            cells.attrs["ome"] = {
-                "version": "0.5",
-                "image-label": {"source": {"image": "../../"}},
-                "multiscales": [_ome_multiscales(LABEL_NAME, _space_axes(record.pixel_size),
-                                                 [float(record.pixel_size or 1.0)] * 2)],
-            }
-            label_arr = cells.create_array("0", shape=(h, w), chunks=(min(chunk, h), min(chunk, w)), dtype="int32")
-            _copy_into(label_arr, labels)
+            lab_group = group.create_group("labels", attributes={"ome": {"version": "0.5", "labels": [LABEL_NAME]}})
+            cells = lab_group.create_group(
+                LABEL_NAME,
+                attributes={
+                    "ome": {
+                        "version": "0.5",
+                        "image-label": {"source": {"image": "../../"}},
+                        "multiscales": [_ome_multiscales(LABEL_NAME, _space_axes(record.pixel_size), [ps, ps])],
+                    }
+                },
+            )
+            label_arr = self._write_array(cells, "0", labels, (h, w), np.dtype(np.int32), ("y", "x"))
             from weakseg.data.masks import count_instances
 
             n_instances = count_instances(labels if isinstance(labels, np.ndarray) else label_arr)
@@ -577,10 +574,8 @@ class StoreWriter:
                 raise DataError(f"{files.get('labels', record.source)}: the label image has no cells (all zero)")
         nuclei_arr = None
         if nuclei is not None:
-            nuclei_arr = group.create_array(
-                "nuclei", shape=(h, w), chunks=(min(chunk, h), min(chunk, w)), dtype=_store_dtype(nuclei.dtype)
-            )
-            _copy_into(nuclei_arr, nuclei.astype(nuclei_arr.dtype) if isinstance(nuclei, np.ndarray) else nuclei)
+            nuclei_arr = self._write_array(group, "nuclei", nuclei, (h, w), _store_dtype(nuclei.dtype), ("y", "x"))
+        group.create_group("points")
 
         image_group = self.path / _image_group_path(image_id)
         n_points: dict[str, int] = {}
@@ -622,6 +617,18 @@ class StoreWriter:
         group.attrs["weakseg"] = info.to_dict()  # written last: marks the image group complete
         self._entries[image_id] = info
         return info
+
+    def _write_array(
+        self, group: Any, name: str, data: Any, shape: tuple[int, ...], dtype: np.dtype, dims: tuple[str, ...]
+    ) -> Any:
+        """Create ``group/name`` chunked (C, chunk, chunk) and fill it (numpy in one go, lazy input in blocks)."""
+        chunks = (*shape[:-2], min(self.chunk, shape[-2]), min(self.chunk, shape[-1]))
+        if isinstance(data, np.ndarray):
+            data = data if data.dtype == dtype else data.astype(dtype)
+            return group.create_array(name, data=data, chunks=chunks, dimension_names=dims)
+        arr = group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, dimension_names=dims)
+        _copy_into(arr, data)
+        return arr
 
     def write_points(self, image_id: str, source: str, points: np.ndarray, provenance: Mapping[str, Any]) -> None:
         """Add a point set to an image already written by this writer."""
