@@ -1,0 +1,534 @@
+"""The training loop: strategy-agnostic, step-based, resumable, one process or many.
+
+The trainer knows nothing about what a strategy trains. Each step it takes the next
+:class:`~weakseg.components.Batch`, calls ``strategy(batch, step)`` for a dict of named scalar
+losses, back-propagates their sum and steps the optimizer. Around that it owns:
+
+- **optimizer and schedule** (``recipe.train.optimizer``): AdamW/Adam/SGD; ``constant``, ``cosine``
+  or ``finetune`` (the CKS paper's schedule: ``lr`` (1e-3) and then ``finetune_lr`` (2e-4) for the
+  steps after ``finetune_start`` of the run), times an optional linear warm-up. Biases and
+  normalisation weights (1-D parameters) get no weight decay.
+- **phases** the strategy declares (``strategy.phases()``, e.g. the CKS warm-up); the current phase
+  is printed, tagged (``weakseg.phase``) and logged as ``train/phase_index``.
+- **precision**: ``bf16`` autocasts the forward pass to bfloat16 (CUDA or CPU), ``fp32`` does not,
+  ``auto`` means bf16 on CUDA and fp32 on the CPU. bf16 has float32's range, so no loss scaler.
+- **gradient clipping** by global norm (``train.grad_clip``; the norm is logged as ``train/grad_norm``).
+- **safety**: a NaN/inf loss or gradient norm stops the run before the optimizer touches the
+  weights, with a :class:`NonFiniteLossError` naming the loss and step; the last good checkpoint
+  stays. SIGINT/SIGTERM finish the current step, write a checkpoint and raise
+  :class:`TrainingInterrupted` (the CLI exits with 130 / 143; ``--resume`` continues).
+- **distribution**: DDP wrapping, rank-0-only logging/checkpoints/evaluation, and per-step losses
+  averaged over ranks (one small all-reduce that also carries the stop flag, so all ranks stop at
+  the same step).
+- **periodic work**: losses every ``log_every`` steps (averaged over the interval), evaluation
+  every ``eval_every`` steps, checkpoints every ``checkpoint_every`` steps and at the end.
+- **progress**: a rich progress bar with loss, throughput and ETA when stderr is a terminal; one
+  plain line per checkpoint interval otherwise (batch jobs keep readable logs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+from torch import nn
+
+from weakseg.components import Batch, DataSummary
+from weakseg.engine import checkpoint as ckpt_io
+from weakseg.engine.distributed import DistContext, unwrap, wrap
+from weakseg.engine.tracking import NullTracker
+from weakseg.errors import WeaksegError
+
+BatchFactory = Callable[[int], Iterator[Batch]]
+StepCallback = Callable[["Trainer", int, Mapping[str, float]], None]
+EvaluateFn = Callable[[Any, int], "Mapping[str, float] | None"]
+
+
+class NonFiniteLossError(WeaksegError):
+    """A loss or the gradient norm became NaN/inf; the run stopped, the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(WeaksegError):
+    """SIGINT/SIGTERM stopped training after a checkpoint was written; ``--resume`` continues."""
+
+    def __init__(self, message: str, signum: int, step: int, checkpoint: Path | None) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.step = step
+        self.checkpoint = checkpoint
+        #: 128 + signal number, the shell convention: 130 for SIGINT, 143 for SIGTERM.
+        self.exit_code = 128 + int(signum)
+
+
+# ------------------------------------------------------------------------------------------------
+# Optimizer, schedule, precision
+# ------------------------------------------------------------------------------------------------
+
+
+def build_optimizer(module: nn.Module, cfg: Any) -> torch.optim.Optimizer:
+    """``recipe.train.optimizer`` -> a torch optimizer; 1-D parameters (biases, norms) get no weight decay."""
+    decay, no_decay = [], []
+    for p in module.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [g for g in ({"params": decay}, {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+    if not groups:
+        raise WeaksegError("the strategy has no trainable parameters; declare `trainable = False` on it")
+    if cfg.type == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.type == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.type == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    raise WeaksegError(f"recipe.train.optimizer.type: unknown optimizer {cfg.type!r}; use adamw, adam or sgd")
+
+
+@attrs.define
+class LRSchedule:
+    """Learning rate of each step: ``lr * factor(step)`` for every parameter group.
+
+    ``finetune`` keeps ``lr`` and switches to ``finetune_lr`` at ``finetune_start * steps`` (the CKS
+    paper trains at 1e-3, then fine-tunes at 2e-4); ``cosine`` decays to 0 at the last step;
+    ``constant`` keeps ``lr``. A linear warm-up over ``warmup_steps`` multiplies any of them.
+    The rate is recomputed from the step, so a resumed (or extended) run gets the right one.
+    """
+
+    lr: float
+    total_steps: int
+    schedule: str = "constant"
+    finetune_lr: float = 2e-4
+    finetune_start: float = 0.8
+    warmup_steps: int = 0
+
+    @classmethod
+    def from_recipe(cls, train: Any) -> LRSchedule:
+        opt = train.optimizer
+        return cls(
+            lr=opt.lr,
+            total_steps=train.steps,
+            schedule=opt.schedule,
+            finetune_lr=opt.finetune_lr,
+            finetune_start=opt.finetune_start,
+            warmup_steps=opt.warmup_steps,
+        )
+
+    def __call__(self, step: int) -> float:
+        if self.schedule == "finetune":
+            lr = self.finetune_lr if step >= math.floor(self.finetune_start * self.total_steps) else self.lr
+        elif self.schedule == "cosine":
+            t = min(step / max(self.total_steps, 1), 1.0)
+            lr = 0.5 * self.lr * (1.0 + math.cos(math.pi * t))
+        else:
+            lr = self.lr
+        if self.warmup_steps > 0 and step < self.warmup_steps:
+            lr *= (step + 1) / self.warmup_steps
+        return lr
+
+    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
+        lr = self(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def state_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast dtype for ``precision`` on ``device``, or ``None`` for float32."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    if precision in ("fp32", "auto"):
+        return None
+    raise WeaksegError(f"recipe.train.precision: unknown precision {precision!r}; use fp32, bf16 or auto")
+
+
+# ------------------------------------------------------------------------------------------------
+# Progress
+# ------------------------------------------------------------------------------------------------
+
+
+def _fmt_time(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class Progress:
+    """A rich progress bar on a terminal; plain lines every ``line_every`` steps elsewhere; silent off rank 0."""
+
+    def __init__(self, total: int, start: int, *, enabled: bool, line_every: int) -> None:
+        self.total = total
+        self.enabled = enabled
+        self.line_every = max(1, line_every)
+        self._bar = None
+        self._task = None
+        tty_env = os.environ.get("WEAKSEG_PROGRESS")
+        use_bar = sys.stderr.isatty() if tty_env is None else tty_env == "bar"
+        if enabled and use_bar:
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import Progress as RichProgress
+
+            self._bar = RichProgress(
+                TextColumn("[bold]{task.fields[phase]}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}  {task.fields[speed]}"),
+                TimeRemainingColumn(),
+                transient=False,
+            )
+            self._task = self._bar.add_task("train", total=total, completed=start, phase="", loss="-", speed="")
+            self._bar.start()
+
+    def message(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.console.print(text)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def update(self, step: int, *, loss: float, phase: str, steps_per_s: float) -> None:
+        if not self.enabled:
+            return
+        speed = f"{steps_per_s:.2f} it/s" if steps_per_s > 0 else ""
+        if self._bar is not None:
+            self._bar.update(self._task, completed=step, phase=phase, loss=f"{loss:.4g}", speed=speed)
+        elif step % self.line_every == 0 or step == self.total:
+            eta = (self.total - step) / steps_per_s if steps_per_s > 0 else float("nan")
+            self.message(f"step {step}/{self.total} [{phase}] loss {loss:.4g} {speed} eta {_fmt_time(eta)}")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+# ------------------------------------------------------------------------------------------------
+# The trainer
+# ------------------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class TrainResult:
+    """What a finished :meth:`Trainer.fit` reports."""
+
+    step: int
+    checkpoint: Path | None
+    losses: dict[str, float]
+    phase: str
+    seconds: float
+    steps_run: int
+
+
+class _StopRequest:
+    """Records SIGINT/SIGTERM during training; a second SIGINT aborts at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.signum == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> _StopRequest:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread: leave signals alone
+                break
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+
+class Trainer:
+    """Runs ``recipe.train`` on ``strategy`` (see the module docstring).
+
+    ``batches(start_step)`` must return the endless batch stream starting at ``start_step`` (the
+    data layer's ``make_train_loader(..., start_step=...)``); ``evaluate(strategy, step)`` runs on
+    rank 0 every ``eval_every`` steps and returns metrics to log (``val/...``); ``callbacks`` run
+    after every step on every rank with ``(trainer, step, losses)``.
+    """
+
+    def __init__(
+        self,
+        strategy: nn.Module,
+        recipe: Any,
+        data_summary: DataSummary,
+        *,
+        batches: BatchFactory,
+        ctx: DistContext | None = None,
+        checkpoints: ckpt_io.CheckpointDir | None = None,
+        tracker: Any = None,
+        evaluate: EvaluateFn | None = None,
+        callbacks: Sequence[StepCallback] = (),
+        progress: bool = True,
+    ) -> None:
+        self.ctx = ctx or DistContext()
+        self.strategy = strategy.to(self.ctx.device)
+        self.recipe = recipe
+        self.train_cfg = recipe.train
+        self.data_summary = data_summary
+        self.batches = batches
+        self.checkpoints = checkpoints
+        self.tracker = tracker or NullTracker()
+        self.evaluate = evaluate
+        self.callbacks = list(callbacks)
+        self.progress_enabled = progress and self.ctx.is_main
+        self.recipe_yaml = recipe.to_yaml()
+        self.step = 0
+        self.phase = ""
+        self.schedule = LRSchedule.from_recipe(self.train_cfg)
+        self.amp_dtype = autocast_dtype(self.train_cfg.precision, self.ctx.device)
+        self.optimizer = build_optimizer(self.strategy, self.train_cfg.optimizer)
+        self.last_checkpoint: Path | None = None
+        self._last_saved_step = 0
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def restore(self, checkpoint: ckpt_io.Checkpoint) -> None:
+        """Continue from ``checkpoint``: weights, optimizer, step and (same world size) random states."""
+        raw = checkpoint.raw
+        self.strategy.load_state_dict(checkpoint.state_dict, strict=True)
+        if "optimizer" in raw:
+            self.optimizer.load_state_dict(raw["optimizer"])
+        self.step = checkpoint.step
+        self.last_checkpoint = checkpoint.path
+        self._last_saved_step = checkpoint.step
+        rng = raw.get("rng") or []
+        saved_world = (raw.get("data") or {}).get("world_size", len(rng))
+        if len(rng) == self.ctx.world_size and saved_world == self.ctx.world_size:
+            ckpt_io.set_rng_state(rng[self.ctx.rank])
+        elif self.ctx.is_main:
+            import warnings
+
+            warnings.warn(
+                f"{checkpoint.path}: written by {saved_world} process(es), resumed by {self.ctx.world_size}; "
+                "training continues, but random states and data shards differ from an uninterrupted run",
+                stacklevel=2,
+            )
+
+    def state_payload(self) -> dict[str, Any]:
+        """The checkpoint dict of the current state (collective: every rank must call it)."""
+        rng = self.ctx.gather(ckpt_io.rng_state())
+        return ckpt_io.make_payload(
+            recipe_yaml=self.recipe_yaml,
+            data_summary=self.data_summary,
+            state_dict=unwrap(self.strategy).state_dict(),
+            step=self.step,
+            phase=self.phase or unwrap(self.strategy).phase_at(self.step),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.schedule.state_dict(),
+            rng=rng,
+            data={"step": self.step, "seed": self.train_cfg.seed, "world_size": self.ctx.world_size},
+            tracking=self.tracker.info() if self.ctx.is_main else None,
+        )
+
+    def save(self) -> Path | None:
+        """Write a checkpoint of the current step (rank 0 writes; every rank must call it)."""
+        payload = self.state_payload()
+        path = None
+        if self.ctx.is_main and self.checkpoints is not None:
+            path = self.checkpoints.save(payload, self.step)
+            self.last_checkpoint = path
+        self.ctx.barrier()
+        return path
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def _enter_phase(self, name: str, progress: Progress) -> None:
+        if name == self.phase:
+            return
+        self.phase = name
+        progress.message(f"step {self.step}: phase '{name}'")
+        if self.ctx.is_main:
+            self.tracker.set_tags({"weakseg.phase": name})
+
+    def _phase_index(self, name: str) -> int:
+        names = [p.name for p in sorted(unwrap(self.strategy).phases(), key=lambda p: p.start)]
+        return names.index(name) if name in names else -1
+
+    def _forward(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        device = self.ctx.device
+        ctx = (
+            torch.autocast(device_type=device.type, dtype=self.amp_dtype)
+            if self.amp_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with ctx:
+            losses = model(batch, self.step)
+        bad = not isinstance(losses, Mapping) or not losses
+        bad = bad or any(not isinstance(v, torch.Tensor) or v.numel() != 1 for v in losses.values())
+        if bad:
+            raise WeaksegError(
+                f"strategy {self.recipe.strategy.type!r} returned {type(losses).__name__} at step {self.step}; "
+                "forward(batch, step) must return a non-empty dict of named scalar loss tensors"
+            )
+        return dict(losses)
+
+    def _raise_non_finite(self, names: list[str], values: list[float], grad_norm: float) -> None:
+        bad = [f"{n}={v}" for n, v in zip(names, values, strict=True) if not math.isfinite(v)]
+        what = f"loss {', '.join(bad)}" if bad else f"gradient norm {grad_norm} (losses finite)"
+        last = self.last_checkpoint
+        keep = f"the last good checkpoint is {last} (step {self._last_saved_step})" if last else "no checkpoint yet"
+        raise NonFiniteLossError(
+            f"training stopped: non-finite {what} at step {self.step} (phase '{self.phase}') of recipe "
+            f"{self.recipe.name!r}; the weights were not updated and {keep}. Lower train.optimizer.lr, set "
+            "train.grad_clip, add train.optimizer.warmup_steps or try train.precision=fp32."
+        )
+
+    def fit(self) -> TrainResult:
+        """Train from ``self.step`` to ``recipe.train.steps``; returns the final state."""
+        cfg = self.train_cfg
+        total = cfg.steps
+        start = self.step
+        t_start = time.perf_counter()
+        model = wrap(self.strategy, self.ctx, find_unused_parameters=cfg.find_unused_parameters)
+        model.train()
+        progress = Progress(total, start, enabled=self.progress_enabled, line_every=max(cfg.checkpoint_every, 1))
+        clip = cfg.grad_clip if cfg.grad_clip else float("inf")
+        params = [p for p in self.strategy.parameters() if p.requires_grad]
+        sums: dict[str, float] = {}
+        n_sum = 0
+        last_losses: dict[str, float] = {}
+        t_log, step_log = time.perf_counter(), start
+        steps_per_s = 0.0
+        stream = self.batches(start) if start < total else iter(())
+        try:
+            with _StopRequest() as stop:
+                while self.step < total:
+                    self._enter_phase(unwrap(self.strategy).phase_at(self.step), progress)
+                    lr = self.schedule.apply(self.optimizer, self.step)
+                    batch = next(stream).to(self.ctx.device)
+                    losses = self._forward(model, batch)
+                    names = sorted(losses)
+                    loss_total = sum(losses[n].float() for n in names)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss_total.backward()
+                    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+                    parts = [losses[n].detach().float().reshape(()) for n in names]
+                    parts += [loss_total.detach().reshape(()), grad_norm.detach().float().to(loss_total.device)]
+                    if self.ctx.distributed:  # the stop flag travels with the losses: all ranks stop together
+                        parts.append(torch.full((), 1.0 if stop.signum else 0.0, device=loss_total.device))
+                    values = self.ctx.all_reduce_mean(torch.stack(parts)).cpu().tolist()
+                    if not self.ctx.distributed:
+                        values.append(1.0 if stop.signum else 0.0)
+                    *loss_values, total_value, norm_value, stop_value = values
+                    if not all(math.isfinite(v) for v in (*loss_values, total_value, norm_value)):
+                        self._raise_non_finite(names, loss_values, norm_value)
+                    self.optimizer.step()
+                    self.step += 1
+
+                    last_losses = {**dict(zip(names, loss_values, strict=True)), "loss": total_value}
+                    for k, v in last_losses.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    sums["grad_norm"] = sums.get("grad_norm", 0.0) + norm_value
+                    n_sum += 1
+                    for callback in self.callbacks:
+                        callback(self, self.step, last_losses)
+
+                    if self.step % max(cfg.log_every, 1) == 0 or self.step == total:
+                        now = time.perf_counter()
+                        steps_per_s = (self.step - step_log) / max(now - t_log, 1e-9)
+                        t_log, step_log = now, self.step
+                        metrics = {f"train/{k}": v / n_sum for k, v in sums.items()}
+                        metrics["train/lr"] = lr
+                        metrics["train/steps_per_s"] = steps_per_s
+                        metrics["train/images_per_s"] = steps_per_s * cfg.batch_size * self.ctx.world_size
+                        metrics["train/phase_index"] = float(self._phase_index(self.phase))
+                        if self.ctx.is_main:
+                            self.tracker.log_metrics(metrics, self.step)
+                        sums, n_sum = {}, 0
+                    progress.update(self.step, loss=total_value, phase=self.phase, steps_per_s=steps_per_s)
+
+                    # periodic evaluation; the final one is the caller's
+                    eval_due = cfg.eval_every > 0 and self.step % cfg.eval_every == 0 and self.step < total
+                    if self.evaluate is not None and eval_due:
+                        self.run_evaluation(progress)
+                    # distributed: the flag reduced with this step's losses (all ranks agree); else read it now
+                    stopping = stop_value > 0 if self.ctx.distributed else stop.signum is not None
+                    if (
+                        stopping
+                        or self.step == total
+                        or (cfg.checkpoint_every > 0 and self.step % cfg.checkpoint_every == 0)
+                    ):
+                        self.save()
+                        self._last_saved_step = self.step
+                    if stopping:
+                        signum = stop.signum or signal.SIGTERM
+                        name = signal.Signals(signum).name
+                        where = self.last_checkpoint or (self.checkpoints.last if self.checkpoints else None)
+                        raise TrainingInterrupted(
+                            f"training of {self.recipe.name!r} interrupted by {name} at step {self.step}/{total}; "
+                            f"checkpoint written to {where}; continue with `weakseg run RECIPE --resume`",
+                            signum,
+                            self.step,
+                            where,
+                        )
+            if start >= total and self.checkpoints is not None and not self.checkpoints.last.exists():
+                self.save()
+        finally:
+            progress.close()
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+        model.eval()
+        return TrainResult(
+            step=self.step,
+            checkpoint=self.last_checkpoint,
+            losses=last_losses,
+            phase=self.phase,
+            seconds=time.perf_counter() - t_start,
+            steps_run=self.step - start,
+        )
+
+    def run_evaluation(self, progress: Progress | None = None) -> dict[str, float]:
+        """Evaluate on rank 0 (the others wait) and log the metrics at the current step."""
+        return evaluate_on_main(self.ctx, self.strategy, self.evaluate, self.tracker, self.step, progress)
+
+
+def evaluate_on_main(
+    ctx: DistContext,
+    strategy: nn.Module,
+    evaluate: EvaluateFn | None,
+    tracker: Any,
+    step: int,
+    progress: Progress | None = None,
+) -> dict[str, float]:
+    """Run ``evaluate(strategy, step)`` on rank 0 in eval mode without gradients, log its metrics
+    at ``step``, and hold the other ranks at a barrier meanwhile. Returns the metrics (rank 0)."""
+    metrics: dict[str, float] = {}
+    if ctx.is_main and evaluate is not None:
+        module = unwrap(strategy)
+        was_training = module.training
+        module.eval()
+        try:
+            with torch.no_grad():
+                metrics = dict(evaluate(module, step) or {})
+        finally:
+            module.train(was_training)
+        if metrics:
+            tracker.log_metrics(metrics, step)
+            if progress is not None:
+                shown = ", ".join(f"{k}={v:.4f}" for k, v in list(metrics.items())[:4])
+                progress.message(f"step {step}: {shown}")
+    ctx.barrier()
+    return metrics
