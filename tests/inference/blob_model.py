@@ -92,3 +92,62 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
     fg = a > 0
     pairs = np.unique(np.stack([a[fg], b[fg]]), axis=1)
     return len(np.unique(pairs[0])) == pairs.shape[1] == len(np.unique(pairs[1]))
+
+
+# ------------------------------------------------------------------------------------------------
+# The blob model as a registered strategy, so that real checkpoints of it can be written and loaded
+# ------------------------------------------------------------------------------------------------
+
+import attrs  # noqa: E402
+
+from weakseg.hookspecs import hookimpl  # noqa: E402
+
+STRATEGY = "blob_test"
+
+
+@attrs.frozen(kw_only=True)
+class BlobStrategyConfig:
+    """Bright blobs by threshold + connected components (inference tests)."""
+
+    threshold: float = 1.0
+    crop_size: int = 48
+
+    def build(self, recipe, data):
+        from weakseg.strategy import StrategyModule
+
+        class BlobStrategy(StrategyModule):
+            trainable = False
+
+            def __init__(self, cfg: BlobStrategyConfig) -> None:
+                super().__init__()
+                self.model = BlobModel(cfg.threshold, cfg.crop_size)
+                self.register_buffer("threshold", torch.tensor(cfg.threshold))
+
+            def principal(self):
+                return self.model
+
+        return BlobStrategy(self)
+
+
+@hookimpl
+def weakseg_register_strategies(registry):
+    registry.add(STRATEGY, BlobStrategyConfig)
+
+
+def write_blob_checkpoint(path, in_channels: int = 1, recipe_extra: dict | None = None):
+    """A real weakseg checkpoint (engine format) of the blob strategy."""
+    import yaml
+
+    from weakseg.build import build_strategy
+    from weakseg.components import DataSummary
+    from weakseg.engine.checkpoint import make_payload, save_checkpoint
+    from weakseg.recipe import recipe_from_yaml_text
+
+    text = yaml.safe_dump(
+        {"name": "blob", "data": {"store": "unused.zarr"}, "strategy": {"type": STRATEGY}, **(recipe_extra or {})}
+    )
+    recipe = recipe_from_yaml_text(text)
+    summary = DataSummary(in_channels=in_channels)
+    strategy = build_strategy(recipe, summary)
+    payload = make_payload(recipe_yaml=recipe.to_yaml(), data_summary=summary, state_dict=strategy.state_dict(), step=0)
+    return save_checkpoint(payload, path)

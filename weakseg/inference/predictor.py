@@ -117,8 +117,7 @@ class _AdaptedView(ChannelFirst):
     def __init__(self, base: ChannelFirst, in_channels: int | None) -> None:
         super().__init__(base.array, base.axes, base.name)
         self.in_channels = in_channels
-        self._c = base.shape[0]
-        adapt_channels(np.zeros((self._c, 1, 1), np.float32), in_channels, base.name)  # fail early
+        adapt_channels(np.zeros((base.shape[0], 1, 1), np.float32), in_channels, base.name)  # fail early
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -410,8 +409,6 @@ def load_predictor(
     from weakseg.engine.checkpoint import load_strategy
 
     path = Path(checkpoint)
-    if not path.exists():
-        raise DataError(f"checkpoint {path} does not exist; pass the path of a .pt file written by `weakseg run`")
     dev = resolve_device(device)
     strategy, ckpt = load_strategy(str(path), device=str(dev))
     if pixel_size is not None:

@@ -43,27 +43,36 @@ BAND_PIXELS = 1 << 22
 class ChannelFirst:
     """A (C, H, W) view of a numpy-like array (numpy, memmap, zarr) that is read region by region.
 
-    ``axes`` names the axes of the underlying array ("yx", "cyx" or "yxc"); nothing is read until
-    :meth:`read` is called, so lazy arrays stay lazy.
+    ``axes`` names the axes of the underlying array, one letter each: ``y`` and ``x`` are required,
+    at most one of ``c`` (channels) or ``s`` (samples, e.g. RGB) may appear, and every other axis
+    (``t``, ``z``, ``q``...) must have length 1. Nothing is read until :meth:`read` is called, so
+    lazy arrays stay lazy.
     """
 
     def __init__(self, array: Any, axes: str = "cyx", name: str = "image") -> None:
-        if axes not in ("yx", "cyx", "yxc"):
-            raise ValueError(f"axes must be 'yx', 'cyx' or 'yxc', not {axes!r}")
-        if len(array.shape) != len(axes):
-            raise DataError(f"{name}: array of shape {tuple(array.shape)} does not match axes {axes!r}")
+        axes = axes.lower()
+        shape = tuple(int(v) for v in array.shape)
+        if len(shape) != len(axes) or "y" not in axes or "x" not in axes or len(set(axes)) != len(axes):
+            raise DataError(f"{name}: array of shape {shape} does not match axes {axes!r}")
+        channel_axes = [a for a in axes if a in "cs"]
+        if len(channel_axes) > 1:
+            raise DataError(f"{name}: both channel (c) and sample (s) axes in {axes!r}; convert the image first")
+        for a, n in zip(axes, shape, strict=True):
+            if a not in "yxcs" and n != 1:
+                raise DataError(
+                    f"{name}: axis {a!r} has length {n} (axes {axes!r}, shape {shape}); only 2-D images "
+                    "with channels are supported: save one plane per file"
+                )
         self.array = array
         self.axes = axes
         self.name = name
+        self._c = axes.index(channel_axes[0]) if channel_axes else None
+        self._y, self._x = axes.index("y"), axes.index("x")
 
     @property
     def shape(self) -> tuple[int, int, int]:
         s = tuple(int(v) for v in self.array.shape)
-        if self.axes == "yx":
-            return (1, s[0], s[1])
-        if self.axes == "cyx":
-            return (s[0], s[1], s[2])
-        return (s[2], s[0], s[1])
+        return (1 if self._c is None else s[self._c], s[self._y], s[self._x])
 
     @property
     def dtype(self) -> np.dtype:
@@ -74,11 +83,23 @@ class ChannelFirst:
         _, h, w = self.shape
         y1 = h if y1 is None else y1
         x1 = w if x1 is None else x1
-        if self.axes == "yx":
-            return np.asarray(self.array[y0:y1, x0:x1])[None]
-        if self.axes == "cyx":
-            return np.asarray(self.array[:, y0:y1, x0:x1])
-        return np.moveaxis(np.asarray(self.array[y0:y1, x0:x1, :]), -1, 0)
+        index: list[Any] = []
+        kept = ""
+        for k, a in enumerate(self.axes):
+            if k == self._y:
+                index.append(slice(y0, y1))
+            elif k == self._x:
+                index.append(slice(x0, x1))
+            elif k == self._c:
+                index.append(slice(None))
+            else:
+                index.append(0)
+                continue
+            kept += "c" if k == self._c else a
+        region = np.asarray(self.array[tuple(index)])
+        if self._c is None:
+            return region[None] if kept == "yx" else region.T[None]
+        return np.transpose(region, [kept.index(a) for a in "cyx"])
 
 
 def as_view(image: Any, name: str = "image") -> ChannelFirst:
@@ -202,7 +223,7 @@ def cross_tile_duplicates(
 # --------------------------------------------------------------------------------------------
 
 
-def _bands(height: int, width: int) -> Iterator[tuple[int, int]]:
+def row_bands(height: int, width: int) -> Iterator[tuple[int, int]]:
     rows = max(1, BAND_PIXELS // max(width, 1))
     for y0 in range(0, height, rows):
         yield y0, min(height, y0 + rows)
@@ -219,7 +240,7 @@ def image_stats(image: Any) -> tuple[np.ndarray, np.ndarray]:
     count = 0
     mean = np.zeros(c)
     m2 = np.zeros(c)
-    for y0, y1 in _bands(h, w):
+    for y0, y1 in row_bands(h, w):
         band = view.read(y0, y1).reshape(c, -1).astype(np.float64)
         n_b = band.shape[1]
         mean_b = band.mean(axis=1)
@@ -399,7 +420,7 @@ class LabelStitcher:
         h, w = self.shape
         n = self._n
         present = np.zeros(n + 1, bool)
-        for y0, y1 in _bands(h, w):
+        for y0, y1 in row_bands(h, w):
             present[np.unique(np.asarray(self.label[y0:y1]))] = True
         present[0] = False
         ids = np.nonzero(present)[0]
@@ -407,7 +428,7 @@ class LabelStitcher:
         lut = np.zeros(n + 1, np.int32)
         lut[order] = np.arange(1, len(order) + 1, dtype=np.int32)
         if not np.array_equal(order, np.arange(1, n + 1)):  # identity: nothing to rewrite
-            for y0, y1 in _bands(h, w):
+            for y0, y1 in row_bands(h, w):
                 self.label[y0:y1] = lut[np.asarray(self.label[y0:y1])]
         table = LabelTable(scores=self._scores[order].astype(np.float32), locations=self._locs[order].copy())
         return self.label, table

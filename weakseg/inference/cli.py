@@ -1,0 +1,283 @@
+"""``weakseg predict CHECKPOINT INPUT... -o OUT``: segment images of any size with a trained model.
+
+Inputs are TIFF/PNG/JPEG files, folders of them and zarr / OME-Zarr stores (every image inside).
+Each image is predicted on its own; one that cannot be read or predicted is reported by name and
+the others still finish. The command ends with a summary (also written to ``OUT/summary.json``)
+and exits non-zero when anything failed. With ``--dask-scheduler ADDRESS`` the images are spread
+over the workers of a running dask.distributed cluster (paths must be visible to the workers).
+
+Heavy libraries are imported inside the command so that ``weakseg --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+FORMAT_CHOICES = ("tiff", "zarr", "coco", "csv", "png")
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``predict`` subcommand."""
+    p = subparsers.add_parser(
+        "predict",
+        help="segment images with a trained checkpoint",
+        description="Segment images (files, folders, zarr/OME-Zarr stores) of any size with a trained checkpoint.",
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .ckpt file or a run folder")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or zarr stores")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--scale", type=float, default=None, help="resize images by S before the model (default 1)")
+    size.add_argument(
+        "--pixel-size",
+        type=float,
+        default=None,
+        metavar="P",
+        help="pixel size of the inputs; scale = P / the training pixel size recorded in the checkpoint",
+    )
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (default 4)")
+    p.add_argument("--tile-size", type=int, default=1024, help="tile edge in model pixels (default 1024)")
+    p.add_argument("--overlap", type=int, default=128, help="tile overlap in model pixels (default 128)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16 = torch.autocast bfloat16")
+    p.add_argument(
+        "--format",
+        default="tiff",
+        metavar="LIST",
+        help=f"comma-separated outputs among {','.join(FORMAT_CHOICES)} (default tiff)",
+    )
+    p.add_argument("--score-threshold", type=float, default=0.5, help="minimum detection score (default 0.5)")
+    p.add_argument("--min-area", type=int, default=0, help="drop cells of at most this many pixels")
+    p.add_argument(
+        "--zarr-into-input",
+        action="store_true",
+        help="with --format zarr and OME-Zarr inputs: write labels/cells into the input image group",
+    )
+    p.add_argument("--dask-scheduler", default=None, metavar="ADDRESS", help="dask.distributed scheduler address")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_predict)
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    from weakseg.errors import WeaksegError
+    from weakseg.registry import close_matches
+
+    formats = tuple(dict.fromkeys(f.strip().lower() for f in text.split(",") if f.strip()))
+    if not formats:
+        raise WeaksegError("--format: give at least one of " + ", ".join(FORMAT_CHOICES))
+    for f in formats:
+        if f not in FORMAT_CHOICES:
+            raise WeaksegError(
+                f"--format: unknown output {f!r}{close_matches(f, list(FORMAT_CHOICES))} "
+                f"(choose from {', '.join(FORMAT_CHOICES)})"
+            )
+    return formats
+
+
+def predictor_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments for ``load_predictor`` from the command line."""
+    opts: dict[str, Any] = {
+        "device": args.device,
+        "batch_size": args.batch_size,
+        "tile_size": args.tile_size,
+        "overlap": args.overlap,
+        "precision": args.precision,
+        "score_threshold": args.score_threshold,
+        "min_area": args.min_area,
+    }
+    if args.scale is not None:
+        opts["scale"] = args.scale
+    if args.pixel_size is not None:
+        opts["pixel_size"] = args.pixel_size
+    return opts
+
+
+def predict_one(
+    predictor: Any,
+    item: Any,
+    out_dir: Path,
+    formats: tuple[str, ...],
+    *,
+    zarr_into_input: bool = False,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Predict one :class:`~weakseg.inference.io.InputImage` and write the requested outputs."""
+    from weakseg.inference import export
+
+    start = time.perf_counter()
+    outputs: list[str] = []
+    with item.open() as view:
+        labels, table = predictor.predict_labels(view, progress=progress)
+        name = item.name
+        if "tiff" in formats:
+            outputs.append(str(export.write_tiff(out_dir / f"{name}.tif", labels)))
+        if "zarr" in formats:
+            if zarr_into_input and item.path.is_dir():
+                group = item.path if item.key is None else item.path / item.key
+                outputs.append(str(export.add_labels_to_ome_zarr(group, labels)))
+            else:
+                outputs.append(str(export.write_zarr_labels(out_dir / f"{name}.ome.zarr", labels)))
+        if "coco" in formats:
+            outputs.append(str(export.write_coco(out_dir / f"{name}.coco.json", labels, table, file_name=item.source)))
+        if "csv" in formats:
+            outputs.append(str(export.write_csv(out_dir / f"{name}.csv", labels, view, table)))
+        if "png" in formats:
+            outputs.append(str(export.write_png_overlay(out_dir / f"{name}_overlay.png", labels, view)))
+        shape = view.shape
+    return {
+        "name": item.name,
+        "source": item.source,
+        "shape": list(shape),
+        "cells": len(table.scores),
+        "outputs": outputs,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+
+
+_WORKER_PREDICTORS: dict[str, Any] = {}
+
+
+def _remote_predict(
+    checkpoint: str, options: dict[str, Any], item: Any, out_dir: str, formats: tuple[str, ...], zarr_into_input: bool
+) -> dict[str, Any]:
+    """Task run on a dask worker: the predictor is loaded once per worker process and reused."""
+    from weakseg.inference.predictor import load_predictor
+
+    key = json.dumps([checkpoint, options], sort_keys=True)
+    if key not in _WORKER_PREDICTORS:
+        _WORKER_PREDICTORS[key] = load_predictor(checkpoint, **options)
+    return predict_one(_WORKER_PREDICTORS[key], item, Path(out_dir), formats, zarr_into_input=zarr_into_input)
+
+
+def _failure(item_source: str, exc: BaseException) -> str:
+    from weakseg.errors import WeaksegError
+
+    if isinstance(exc, WeaksegError):
+        text = str(exc)
+        return text if item_source in text else f"{item_source}: {text}"
+    return f"{item_source}: {type(exc).__name__}: {exc}"
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from weakseg.errors import WeaksegError
+    from weakseg.inference.io import discover
+
+    formats = parse_formats(args.format)
+    out_dir = Path(args.output)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise WeaksegError(f"-o {out_dir}: exists and is not a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    images, problems = discover(args.inputs)
+    failures: list[dict[str, str]] = [{"source": s, "error": m} for s, m in problems]
+    done: list[dict[str, Any]] = []
+    console = Console(stderr=True)
+    for failure in failures:
+        console.print(f"[red]error[/red]: {failure['error']}", highlight=False)
+    options = predictor_options(args)
+    start = time.perf_counter()
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, console=console, disable=args.quiet or not images, transient=False) as bar:
+        overall = bar.add_task("images", total=len(images))
+        if images and args.dask_scheduler:
+            _run_distributed(args, options, images, out_dir, formats, bar, overall, done, failures, console)
+        elif images:
+            from weakseg.inference.predictor import load_predictor
+
+            predictor = load_predictor(args.checkpoint, **options)  # a bad checkpoint stops everything (exit 2)
+            tiles = bar.add_task("tiles", total=None, visible=False)
+            for item in images:
+                bar.update(tiles, description=f"  {item.name}", completed=0, total=None, visible=True)
+
+                def tick(n: int, total: int, _task: Any = tiles) -> None:
+                    bar.update(_task, completed=n, total=total)
+
+                try:
+                    done.append(
+                        predict_one(
+                            predictor, item, out_dir, formats, zarr_into_input=args.zarr_into_input, progress=tick
+                        )
+                    )
+                except Exception as exc:  # noqa: BLE001 - one bad image must not stop the others
+                    failures.append({"source": item.source, "error": _failure(item.source, exc)})
+                    console.print(f"[red]error[/red]: {failures[-1]['error']}", highlight=False)
+                bar.advance(overall)
+            bar.update(tiles, visible=False)
+    elapsed = time.perf_counter() - start
+    summary = {
+        "checkpoint": str(args.checkpoint),
+        "predicted": done,
+        "failed": failures,
+        "seconds": round(elapsed, 3),
+    }
+    from weakseg.inference.export import atomic_file
+
+    with atomic_file(out_dir / "summary.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2))
+    cells = sum(d["cells"] for d in done)
+    total = len(done) + len(failures)
+    print(
+        f"predicted {len(done)} of {total} image(s), {cells} cells, in {elapsed:.1f} s; outputs in {out_dir}",
+        file=sys.stdout,
+    )
+    if failures:
+        print(f"{len(failures)} failed:", file=sys.stderr)
+        for f in failures:
+            print(f"  {f['error']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_distributed(
+    args: argparse.Namespace,
+    options: dict[str, Any],
+    images: list[Any],
+    out_dir: Path,
+    formats: tuple[str, ...],
+    bar: Any,
+    overall: Any,
+    done: list[dict[str, Any]],
+    failures: list[dict[str, str]],
+    console: Any,
+) -> None:
+    from weakseg.errors import WeaksegError
+
+    try:
+        from distributed import Client, as_completed
+    except ImportError as exc:
+        raise WeaksegError("--dask-scheduler needs the 'distributed' package: pip install distributed") from exc
+    try:
+        client = Client(args.dask_scheduler, timeout="30s")
+    except (OSError, TimeoutError) as exc:
+        raise WeaksegError(f"--dask-scheduler {args.dask_scheduler}: cannot connect ({exc})") from exc
+    checkpoint = str(Path(args.checkpoint).resolve())
+    with client:
+        futures = {
+            client.submit(
+                _remote_predict,
+                checkpoint,
+                options,
+                item,
+                str(out_dir.resolve()),
+                formats,
+                args.zarr_into_input,
+                pure=False,
+                key=f"weakseg-predict-{k}-{item.name}",
+            ): item
+            for k, item in enumerate(images)
+        }
+        for future in as_completed(futures):
+            item = futures[future]
+            try:
+                done.append(future.result())
+            except Exception as exc:  # noqa: BLE001 - a worker's failure is reported per image
+                failures.append({"source": item.source, "error": _failure(item.source, exc)})
+                console.print(f"[red]error[/red]: {failures[-1]['error']}", highlight=False)
+            bar.advance(overall)
