@@ -582,3 +582,48 @@ def test_iou_is_fast_on_livecell_sized_images():
     elapsed = time.perf_counter() - start
     assert s.n_gt > 1900
     assert elapsed < 5.0  # generous for a shared 2-core machine; typically ~0.1-0.2 s
+
+
+@pytest.mark.realdata
+def test_real_labels_against_pycocotools_and_brute_force(shared_data):
+    """Usiigaci phase-contrast masks (1022 x 1024): a degraded copy scored by us, by brute force and by COCOeval."""
+    from PIL import Image
+    from scipy import ndimage
+
+    rng = np.random.default_rng(60)
+    gts, preds, ap_imgs, dice_imgs = [], [], [], []
+    acc = MetricAccumulator()
+    for name in ("set1", "set7"):
+        gt = np.asarray(Image.open(shared_data / "usiigaci" / name / "instances_ids.png")).astype(np.int32)
+        pred = np.zeros_like(gt)
+        label = 0
+        for k in np.unique(gt)[1:]:
+            r = rng.random()
+            if r < 0.1:
+                continue  # missed
+            m = gt == k
+            m = ndimage.binary_erosion(m, iterations=int(rng.integers(1, 6))) if r < 0.7 else ndimage.binary_dilation(m)
+            label += 1
+            pred[m & (pred == 0)] = label
+        present = np.unique(pred)[1:]
+        lut = np.zeros(label + 1, np.int32)
+        lut[present] = np.arange(1, present.size + 1)
+        pred = lut[pred]
+        scores = rng.random(present.size)
+        acc.add(gt, pred, scores, image_id=name)
+        gs, ps = pixel_sets(gt), pixel_sets(pred)
+        ap_imgs.append((brute_iou(gs, ps), scores))
+        dice_imgs.append((gs, ps, scores))
+        gts.append(gt)
+        preds.append((masks_of(pred), scores))
+    m = acc.compute()
+    expected = brute_reference_ap(ap_imgs, IOU_THRESHOLDS)
+    assert [m["AP50"], m["AP75"], m["mAP"]] == pytest.approx([expected[0], expected[5], np.mean(expected)])
+    assert m["dice"] == pytest.approx(brute_dice(dice_imgs))
+    tp, fp, fn = brute_matching(ap_imgs)
+    assert m["F1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    prec = pycocotools_eval(gts, preds)
+    for a, key in enumerate(("coco_AP", "coco_APs", "coco_APm", "coco_APl")):
+        expected_coco = coco_mean(prec[:, :, a])
+        assert (math.isnan(m[key]) and math.isnan(expected_coco)) or m[key] == pytest.approx(expected_coco), key
+    assert 0.2 < m["mAP"] < 0.9
