@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import glob
 import re
+import string
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -69,13 +70,28 @@ def template_fields(rel: str) -> dict[str, str]:
     return {"stem": stem, "name": p.name, "parent": p.parent.as_posix(), "suffix": p.suffix}
 
 
+class _TemplateFormatter(string.Formatter):
+    """``{stem:img=masks}`` replaces ``img`` by ``masks`` in the field (A431: img_0001 -> masks_0001)."""
+
+    def format_field(self, value: Any, format_spec: str) -> str:
+        if "=" in format_spec:
+            old, new = format_spec.split("=", 1)
+            return str(value).replace(old, new)
+        return super().format_field(value, format_spec)
+
+
+def format_template(template: str, rel: str) -> str:
+    return _TemplateFormatter().format(template, **template_fields(rel))
+
+
 def resolve_template(root: Path, template: str, rel: str, *, what: str, image: Path) -> Path | None:
     """The file a template names for one image (``{stem}``, ``{name}``, ``{parent}``, ``{suffix}``; globs ok).
 
-    Returns None when nothing matches; more than one match is an error naming the candidates.
+    ``{stem:old=new}`` replaces text in a field. Returns None when nothing matches; more than one match is
+    an error naming the candidates.
     """
     try:
-        name = template.format(**template_fields(rel))
+        name = format_template(template, rel)
     except (KeyError, IndexError, ValueError) as exc:
         raise DataError(
             f"{what} template {template!r}: unknown field {exc}; use {{stem}}, {{name}}, {{parent}}, {{suffix}}"
