@@ -35,9 +35,10 @@ class GraphCutParams:
 
     fg_seed_threshold: float = 0.2
     bg_seed_threshold: float = 0.1
+    #: Pixels where every response is below this are background seeds too (no cell claims them).
+    empty_threshold: float = 0.0
     min_seed_area: int = 3
     pairwise_weight: float = 20.0
-    beta: float = 10.0
     bias: float = 2e-4
     margin: int = 16
     smooth: bool = True
@@ -92,12 +93,15 @@ def label_cells_graphcut(
     best: np.ndarray,
     owner: np.ndarray,
     locations: np.ndarray,
-    intensity: np.ndarray,
+    edges: tuple[np.ndarray, np.ndarray],
     *,
     response_threshold: float,
     params: GraphCutParams,
 ) -> np.ndarray:
-    """``graphcut`` variant (the paper's): one two-label cut per cell, overlaps to the nearer peak."""
+    """``graphcut`` variant (the paper's): one two-label cut per cell, overlaps to the nearer peak.
+
+    ``edges`` are the image's pairwise weights ``(right, down)`` from :func:`graphcut.edge_weights`.
+    """
     shape = owner.shape
     assigned = np.where(best >= response_threshold, owner, -1)
     labels = np.zeros(shape, np.int32)
@@ -120,13 +124,16 @@ def label_cells_graphcut(
         if not fg.any():
             continue
         fg = ndi.binary_fill_holes(fg)
-        bg = ndi.binary_fill_holes(fg_all[roi] & (assigned[roi] != k) & strong_bg[roi]) & ~fg
+        bg = ndi.binary_fill_holes(fg_all[roi] & (assigned[roi] != k) & strong_bg[roi])
+        if params.empty_threshold > 0:
+            bg |= best[roi] < params.empty_threshold
+        bg &= ~fg
         frame = np.zeros(fg.shape, bool)
         frame[[0, -1], :] = True
         frame[:, [0, -1]] = True
         bg |= frame & ~fg
-        cut = binary_graphcut(fg, bg, intensity[roi], pairwise_weight=params.pairwise_weight,
-                              beta=params.beta, bias=params.bias)
+        cut = binary_graphcut(fg, bg, edges[0][roi], edges[1][roi], pairwise_weight=params.pairwise_weight,
+                              bias=params.bias)
         local = (locations[k][0] - roi[0].start, locations[k][1] - roi[1].start)
         cell = component_nearest(cut, local)
         if params.smooth:

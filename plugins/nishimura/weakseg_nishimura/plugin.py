@@ -66,12 +66,20 @@ class NishimuraConfig:
     response_norm: Literal["max", "quantile", "none"] = "max"
     #: Pixels whose best normalised response is below this belong to no cell.
     response_threshold: float = attrs.field(default=0.05, validator=_non_negative)
-    #: Graph cut: seeds (normalised responses), Potts weight, edge contrast, background bias, ROI margin.
+    #: Graph cut seeds (normalised responses): the cell's own pixels above fg_seed_threshold are
+    #: foreground; other cells' pixels above bg_seed_threshold, and pixels where every response is
+    #: below empty_threshold, are background.
     fg_seed_threshold: float = attrs.field(default=0.2, validator=_non_negative)
-    bg_seed_threshold: float = attrs.field(default=0.1, validator=_non_negative)
+    bg_seed_threshold: float = attrs.field(default=0.2, validator=_non_negative)
+    empty_threshold: float = attrs.field(default=0.02, validator=_non_negative)
     min_seed_area: int = attrs.field(default=3, validator=_non_negative)
+    #: Pairwise term: ``intensity`` = the paper's exp(-beta * I) (I inverted for fluorescence, beta 10);
+    #: ``contrast`` = exp(-beta * dI^2 / (2 <dI^2>)) (beta 1), cheap cuts across edges. Image smoothed
+    #: by edge_smooth px first. Potts weight, background bias per pixel, ROI margin around each cell.
+    edge_weights: Literal["contrast", "intensity"] = "contrast"
+    edge_beta: float | None = None
+    edge_smooth: float = attrs.field(default=1.0, validator=_non_negative)
     pairwise_weight: float = attrs.field(default=20.0, validator=_non_negative)
-    edge_beta: float = attrs.field(default=10.0, validator=_non_negative)
     unary_bias: float = attrs.field(default=2e-4, validator=_non_negative)
     graphcut_margin: int = attrs.field(default=16, validator=_non_negative)
     #: Post-processing of each cut cell: dilate (disk 2), fill holes, erode (disk 1).

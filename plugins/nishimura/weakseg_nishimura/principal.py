@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from weakseg_nishimura.graphcut import edge_intensity
+from weakseg_nishimura.graphcut import edge_intensity, edge_weights
 from weakseg_nishimura.guided_backprop import (
     assign_by_max_response,
     blur_responses,
@@ -81,18 +81,19 @@ class NishimuraPrincipal(nn.Module):
             labels = label_cells_lite(best, owner, loc_np, response_threshold=cfg.response_threshold)
         else:
             intensity = edge_intensity(image.detach().cpu().numpy(), cfg.modality, cfg.edge_channel)
+            edges = edge_weights(intensity, cfg.edge_weights, cfg.edge_beta, cfg.edge_smooth)
             params = GraphCutParams(
                 fg_seed_threshold=cfg.fg_seed_threshold,
                 bg_seed_threshold=cfg.bg_seed_threshold,
+                empty_threshold=cfg.empty_threshold,
                 min_seed_area=cfg.min_seed_area,
                 pairwise_weight=cfg.pairwise_weight,
-                beta=cfg.edge_beta,
                 bias=cfg.unary_bias,
                 margin=cfg.graphcut_margin,
                 smooth=cfg.smooth,
             )
             labels = label_cells_graphcut(
-                best, owner, loc_np, intensity, response_threshold=cfg.response_threshold, params=params
+                best, owner, loc_np, edges, response_threshold=cfg.response_threshold, params=params
             )
         return Propagation(heat, locations, heights, maps, origins, best, owner, labels)
 
