@@ -366,9 +366,11 @@ def _unbits(bits: np.ndarray, n: int) -> np.ndarray:
 
 @attrs.frozen(eq=False)
 class CocoImage:
-    """COCO ``evaluateImg`` output of one image for one area range (thresholds packed as bits)."""
+    """COCO ``evaluateImg`` output of one image for one area range (thresholds packed as bits).
 
-    scores: np.ndarray  # (D,) float32, decreasing, D <= max_dets
+    Detection d is the image's d-th best (its score is ``ImageStats.scores[d]``), d < max_dets.
+    """
+
     matched: np.ndarray  # (D,) uint16 bit t: matched at threshold t
     ignored: np.ndarray  # (D,) uint16 bit t: ignored at threshold t
     n_gt_regular: int  # ground-truth instances inside the area range
@@ -470,7 +472,6 @@ def stats_from_overlap(
             ignored[ti] = dt_out
             ignored[ti, hit] = gt_ignore[m[hit]]
         coco[name] = CocoImage(
-            scores=scores[:d].astype(np.float32),
             matched=_bits(matched),
             ignored=_bits(ignored),
             n_gt_regular=int(np.count_nonzero(~gt_ignore)),
@@ -577,20 +578,21 @@ def coco_precision(stats: Sequence[ImageStats], area_ranges: Sequence[str]) -> d
     p.areaRngLbl = list(area_ranges)
     # accumulate() only uses the ranges as distinct keys: the areas were applied per image already.
     p.areaRng = [[float(i), float(i)] for i in range(len(area_ranges))]
-    max_dets = max((len(s.coco[a].scores) for s in stats for a in area_ranges), default=1)
+    max_dets = max((len(s.coco[a].matched) for s in stats for a in area_ranges), default=1)
     p.maxDets = [max(max_dets, 1)]
     eval_imgs: list[dict[str, Any] | None] = []
     for area in area_ranges:
         for s in stats:
             c = s.coco[area]
-            if c.n_gt == 0 and c.scores.size == 0:
+            n_dt = len(c.matched)
+            if c.n_gt == 0 and n_dt == 0:
                 eval_imgs.append(None)
                 continue
             gt_ignore = np.zeros(c.n_gt, bool)
             gt_ignore[c.n_gt_regular :] = True
             eval_imgs.append(
                 {
-                    "dtScores": c.scores.astype(np.float64).tolist(),
+                    "dtScores": s.scores[:n_dt].astype(np.float64).tolist(),
                     "dtMatches": _unbits(c.matched, n_t).astype(np.float64),
                     "dtIgnore": _unbits(c.ignored, n_t),
                     "gtIgnore": gt_ignore.astype(np.int64),
