@@ -23,7 +23,7 @@ class StrategyModule(nn.Module):
       and logs each one as ``train/<name>``;
     - ``phases()`` declares named phases (CKS warm-up, ...); the engine logs the phase;
     - ``principal()`` returns the model used for prediction (``predict(image) -> list[Instances]``);
-    - ``panel(image)`` may return extra maps for the evaluation figure.
+    - ``panel(image, group)`` may return extra maps for the evaluation figure.
     """
 
     #: False for training-free strategies (e.g. seeded watershed): the engine skips the loop.
@@ -47,6 +47,7 @@ class StrategyModule(nn.Module):
         """The model used for prediction: has ``predict(image (B,C,H,W)) -> list[Instances]``."""
         raise NotImplementedError
 
-    def panel(self, image: torch.Tensor) -> dict[str, np.ndarray]:
-        """Extra float maps in [0, 1] (H, W) for the evaluation figure; none by default."""
+    def panel(self, image: torch.Tensor, group: int = 0) -> dict[str, np.ndarray]:
+        """Extra float maps in [0, 1] (H, W) of one image (1, C, H, W) of ``group`` for the evaluation
+        figure (e.g. collaborator foreground and border); none by default."""
         return {}
