@@ -678,16 +678,25 @@ class StoreWriter:
                 continue
             todo.append(r)
 
+        failures: list[BaseException] = []  # the first one aborts the rest (non-skip mode)
+
         def one(record: Any) -> dict[str, str] | None:
+            if failures:
+                return None  # aborting: leave the remaining images for a resumed run
             try:
                 self.add(record, label_sources=label_sources, lazy_pixels=lazy_pixels)
             except DataError as exc:
                 self.discard(record.image_id)
                 if not skip_bad:
-                    raise
+                    failures.append(exc)
+                    return None
                 if progress:
                     progress(record.image_id, "skipped")
                 return {"image_id": record.image_id, "source": str(record.source), "error": str(exc)}
+            except BaseException as exc:  # noqa: BLE001 - re-raised below, once every task has stopped
+                self.discard(record.image_id)
+                failures.append(exc)
+                return None
             if progress:
                 progress(record.image_id, "written")
             return None
@@ -695,6 +704,13 @@ class StoreWriter:
         tasks = [dask.delayed(one, pure=False)(r) for r in todo]
         n = workers or min(len(todo), os.cpu_count() or 1) or 1
         results = dask.compute(*tasks, scheduler="threads", num_workers=n) if tasks else ()
+        if failures:
+            # no task is still writing now: an immediate re-run resumes cleanly
+            exc = failures[0]
+            if isinstance(exc, DataError) and len(todo) > 1:
+                raise DataError(f"{exc}\n(the import stopped; fix the file and re-run to resume, or add --skip-bad "
+                                "to import the rest and get a report)") from None
+            raise exc
         skipped = [r for r in results if r is not None]
         self.order = [r.image_id for r in records]
         return skipped

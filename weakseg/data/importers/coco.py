@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -97,7 +98,9 @@ def rasterize(anns: Sequence[dict[str, Any]], h: int, w: int, *, where: str) -> 
         return labels
     areas = mask_utils.area(rles)
     for k in np.argsort(-np.asarray(areas), kind="stable"):
-        m = mask_utils.decode(rles[k]).astype(bool)
+        with warnings.catch_warnings():  # pycocotools' numpy-2 copy-keyword notice
+            warnings.simplefilter("ignore", DeprecationWarning)
+            m = mask_utils.decode(rles[k]).astype(bool)
         if m.shape != (h, w):
             raise DataError(f"{where}: annotation {anns[k].get('id', k)} has mask size {m.shape}, image is {(h, w)}")
         labels[m] = k + 1
