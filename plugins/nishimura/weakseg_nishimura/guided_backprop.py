@@ -117,6 +117,7 @@ def guided_responses(
     *,
     window: int | None = 128,
     batch_size: int = 16,
+    sign: str = "positive",
 ) -> tuple[torch.Tensor, np.ndarray]:
     """Guided-backprop response maps of every peak, computed in windows.
 
@@ -149,8 +150,18 @@ def guided_responses(
             out = torch.sigmoid(model(x))
             grad_out = torch.stack(masks)[:, None].to(out.dtype)
             (grad,) = torch.autograd.grad(out, x, grad_outputs=grad_out)
-            maps.append(grad.sum(dim=1).clamp(min=0).detach())
+            maps.append(_signed(grad.sum(dim=1).detach(), sign))
     return torch.cat(maps), origins
+
+
+def _signed(grad: torch.Tensor, sign: str) -> torch.Tensor:
+    if sign == "positive":
+        return grad.clamp(min=0)
+    if sign == "negative":
+        return (-grad).clamp(min=0)
+    if sign == "abs":
+        return grad.abs()
+    raise ValueError(f"unknown response sign {sign!r} (expected 'positive', 'negative' or 'abs')")
 
 
 def normalise_responses(maps: torch.Tensor, mode: str, quantile: float = 0.995) -> torch.Tensor:

@@ -61,6 +61,9 @@ class NishimuraConfig:
     whole_image: bool = False
     #: Peaks per forward/backward batch.
     peak_batch: int = attrs.field(default=16, validator=_positive)
+    #: Which part of the channel-summed input gradient is the response: ``positive`` (the paper),
+    #: ``negative`` or ``abs``.
+    response_sign: Literal["positive", "negative", "abs"] = "positive"
     #: Response maps: Gaussian smoothing (px), then normalisation per map.
     response_blur: float = attrs.field(default=1.0, validator=_non_negative)
     response_norm: Literal["max", "quantile", "none"] = "max"

@@ -72,7 +72,8 @@ class NishimuraPrincipal(nn.Module):
         locations, heights = locations[: cfg.max_peaks], heights[: cfg.max_peaks]
         regions = output_regions(locations, (h, w), cfg.region_radius * cfg.sigma)
         maps, origins = guided_responses(
-            self.unet, image, locations, regions, window=cfg.resolved_window(), batch_size=cfg.peak_batch
+            self.unet, image, locations, regions, window=cfg.resolved_window(), batch_size=cfg.peak_batch,
+            sign=cfg.response_sign,
         )
         maps = normalise_responses(blur_responses(maps, cfg.response_blur), cfg.response_norm)
         best, owner = assign_by_max_response(maps, origins, (h, w))
