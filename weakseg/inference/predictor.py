@@ -128,6 +128,13 @@ class _AdaptedView(ChannelFirst):
         return adapt_channels(super().read(y0, y1, x0, x1), self.in_channels, self.name)
 
 
+def _best_first(inst: Instances) -> Instances:
+    """Instances sorted by decreasing score (no copy when they already are)."""
+    if len(inst) < 2 or bool((inst.scores[:-1] >= inst.scores[1:]).all()):
+        return inst
+    return inst.select(torch.argsort(inst.scores, descending=True, stable=True))
+
+
 class Predictor:
     """Run a principal model on images of any size, any dtype, at any scale.
 
@@ -273,7 +280,7 @@ class Predictor:
                 self._check_overlap(inst)
                 inst = rescale_instances(inst, oh / th, ow / tw, (th, tw)).shift(tile.y0, tile.x0, (h, w))
                 keep = torch.from_numpy(in_core(inst.locations.numpy(), tile, tol if len(tiles) > 1 else 0.0))
-                yield b0 + k, tile, inst.select(keep)
+                yield b0 + k, tile, inst if bool(keep.all()) else inst.select(keep)
             done += len(group)
             if progress is not None:
                 progress(done, len(tiles))
@@ -310,8 +317,7 @@ class Predictor:
                 self.dedup_distance / self.scale,
             )
             merged = merged.select(torch.from_numpy(keep))
-        order = torch.argsort(merged.scores, descending=True, stable=True)
-        return merged.select(order)
+        return _best_first(merged)
 
     def predict_labels(
         self, image: Any, out: Any = None, progress: Callable[[int, int], None] | None = None
@@ -373,7 +379,7 @@ class Predictor:
                     )
                 for i, inst in zip(part, self.run_model(batch), strict=True):
                     inst = rescale_instances(inst, oh / h, ow / w, (h, w))
-                    results[i] = inst.select(torch.argsort(inst.scores, descending=True, stable=True))
+                    results[i] = _best_first(inst)
         return [r for r in results if r is not None]
 
 

@@ -1,0 +1,285 @@
+"""Inference speed, FLOPs and memory of the CKS principal model (issue 7 bar).
+
+Cases (each in a fresh subprocess, so peak RSS belongs to that case alone):
+
+- ``paper``: a 520 x 704 single-channel image through the paper-size model (ConvNeXt-S, FPN 384,
+  LACSS head) with a forced number of detections (``max_detections = N``, ``min_score = 0``, so
+  exactly N crops are segmented: ~300 like a typical LIVECell image, 2560 like the reference JAX
+  code, which always segments 2560 crops), in float32 and in bf16 autocast. Reports end-to-end
+  seconds per image through :class:`weakseg.inference.predictor.Predictor` (standardise, model,
+  results to CPU), the model alone and its backbone part, FLOPs counted with
+  ``torch.utils.flop_counter.FlopCounterMode``, achieved GFLOP/s and peak RSS.
+- ``agreement``: bf16 vs fp32 on the same image: AP50 of the bf16 label image against the fp32
+  one (a proxy until a trained model is at hand; random weights).
+- ``large``: a 10000 x 10000 uint16 TIFF (memory-mapped) predicted tile by tile into an int32 label
+  image with a smaller model (ConvNeXt-atto, FPN 64, LACSS head with 2 conv layers per head):
+  peak RSS and megapixels per second.
+
+Weights are random (no pretrained weights can be downloaded here); speed does not depend on them
+once the number of crops is forced. Usage::
+
+    .venv/bin/python benchmarks/inference.py                 # everything (about 15 min on 2 cores)
+    .venv/bin/python benchmarks/inference.py --cases paper --repeats 3
+    .venv/bin/python benchmarks/inference.py --cases large --large-size 4000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def build_principal(backbone: str, head: dict[str, Any], in_channels: int = 1, seed: int = 0) -> Any:
+    import torch
+
+    from weakseg.recipe import BackboneSpec, HeadSpec
+
+    torch.manual_seed(seed)
+    bb = BackboneSpec.of(backbone).build(in_channels=in_channels)
+    model = HeadSpec.of("lacss", **head).build(backbone=bb, in_channels=in_channels)
+    return model.eval()
+
+
+def disc_image(shape: tuple[int, int], n: int, seed: int = 0, radius: tuple[float, float] = (6, 11)) -> Any:
+    """A (1, H, W) uint16 image of ``n`` bright discs (random places, may touch) on a noisy background."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    fg = np.zeros(shape, bool)
+    for _ in range(n):
+        r = rng.uniform(*radius)
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        y0, y1 = int(max(cy - r, 0)), int(min(cy + r + 1, h))
+        x0, x1 = int(max(cx - r, 0)), int(min(cx + r + 1, w))
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        fg[y0:y1, x0:x1] |= (yy + 0.5 - cy) ** 2 + (xx + 0.5 - cx) ** 2 <= r * r
+    image = rng.normal(100, 5, size=shape) + 400.0 * fg
+    return np.clip(image, 0, None).astype(np.uint16)[None]
+
+
+def test_image(shape: tuple[int, int], seed: int = 0) -> Any:
+    return disc_image(shape, max(1, shape[0] * shape[1] // 1200), seed=seed)
+
+
+def case_paper(detections: int, precision: str, repeats: int, threads: int) -> dict[str, Any]:
+    import numpy as np
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from weakseg.data.normalize import standardize
+    from weakseg.inference.predictor import Predictor
+
+    torch.set_num_threads(threads)
+    base_rss = peak_rss_mb()
+    model = build_principal("convnext_small", {"max_detections": detections, "min_score": 0.0})
+    image = test_image((520, 704))
+    pred = Predictor(model, precision=precision, tile_size=1024, score_threshold=0.0)
+    x = torch.from_numpy(standardize(image))[None]
+
+    def model_only() -> Any:
+        with torch.inference_mode(), pred._autocast():
+            return model.predict(x)
+
+    def backbone_only() -> Any:
+        with torch.inference_mode(), pred._autocast():
+            return model.forward_train(x)
+
+    n_found = len(pred.predict_instances(image))  # warm-up (oneDNN primitive caches)
+    timings: dict[str, list[float]] = {"end_to_end": [], "model": [], "backbone_and_detection_head": []}
+    for _ in range(repeats):
+        for name, fn in (
+            ("end_to_end", lambda: pred.predict_instances(image)),
+            ("model", model_only),
+            ("backbone_and_detection_head", backbone_only),
+        ):
+            t0 = time.perf_counter()
+            fn()
+            timings[name].append(time.perf_counter() - t0)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model.predict(x)
+    flops = counter.get_total_flops()
+    med = {k: float(np.median(v)) for k, v in timings.items()}
+    return {
+        "case": "paper",
+        "model": "ConvNeXt-S + FPN 384 + LACSS head (63.7 M params in the reference)",
+        "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+        "image": [520, 704],
+        "precision": precision,
+        "detections": n_found,
+        "threads": threads,
+        "seconds": {k: round(v, 3) for k, v in med.items()},
+        "seconds_all": {k: [round(t, 3) for t in v] for k, v in timings.items()},
+        "gflops": round(flops / 1e9, 1),
+        "achieved_gflop_s": round(flops / 1e9 / med["model"], 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "rss_before_model_mb": round(base_rss, 1),
+    }
+
+
+def case_agreement(threads: int) -> dict[str, Any]:
+    """AP50 of bf16 predictions scored against fp32 predictions (random weights, 2560 crops)."""
+    import numpy as np
+    import torch
+
+    from weakseg.inference.predictor import Predictor
+
+    torch.set_num_threads(threads)
+    model = build_principal("convnext_small", {"max_detections": 2560, "min_score": 0.0})
+    image = test_image((520, 704))
+    out = {}
+    for precision in ("fp32", "bf16"):
+        out[precision] = Predictor(model, precision=precision, score_threshold=0.0).predict_instances(image)
+    ref, test = out["fp32"], out["bf16"]
+    ref_lab = ref.to_label_image(score_threshold=0.0)
+    # AP50: match bf16 instances (best first) to fp32 label-image instances by mask IoU > 0.5
+    masks = test.masks.numpy() >= 0.5
+    origins = test.origins.numpy()
+    h, w = ref_lab.shape
+    areas_ref = np.bincount(ref_lab.ravel(), minlength=ref_lab.max() + 1)
+    used = np.zeros(ref_lab.max() + 1, bool)
+    tp = []
+    for k in range(len(test)):
+        y0, x0 = origins[k]
+        ya, yb, xa, xb = max(y0, 0), min(y0 + masks.shape[1], h), max(x0, 0), min(x0 + masks.shape[2], w)
+        m = masks[k, ya - y0 : yb - y0, xa - x0 : xb - x0]
+        region = ref_lab[ya:yb, xa:xb][m]
+        ids, inter = np.unique(region[region > 0], return_counts=True)
+        best = 0.0
+        best_id = 0
+        for i, n in zip(ids, inter, strict=True):
+            iou = n / (masks[k].sum() + areas_ref[i] - n)
+            if iou > best and not used[i]:
+                best, best_id = iou, i
+        hit = best > 0.5
+        if hit:
+            used[best_id] = True
+        tp.append(hit)
+    tp = np.array(tp)
+    n_gt = int(ref_lab.max())
+    precision_at = np.cumsum(tp) / np.arange(1, len(tp) + 1)
+    ap50 = float((precision_at * tp).sum() / max(n_gt, 1))
+    score_diff = float(np.abs(np.sort(ref.scores.numpy())[::-1][:500] - np.sort(test.scores.numpy())[::-1][:500]).max())
+    return {
+        "case": "agreement",
+        "what": "AP50 of bf16 instances against the fp32 label image as ground truth (random weights)",
+        "fp32_instances_in_label_image": n_gt,
+        "bf16_detections": len(test),
+        "ap50_bf16_vs_fp32": round(ap50, 4),
+        "max_abs_score_diff_top500": round(score_diff, 4),
+    }
+
+
+def case_large(size: int, threads: int, tile: int, batch: int) -> dict[str, Any]:
+    import numpy as np
+    import tifffile
+    import torch
+
+    from weakseg.inference.io import open_image
+    from weakseg.inference.predictor import Predictor
+
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
+        path = Path(tmp) / "large.tif"
+        # written band by band so that this process never holds the image
+        rng = np.random.default_rng(0)
+        band = 1000
+        mm = tifffile.memmap(path, shape=(size, size), dtype=np.uint16, bigtiff=True)  # contiguous, on disk
+        patch = disc_image((band, band), 700, seed=1)
+        for y in range(0, size, band):
+            for x in range(0, size, band):
+                h, w = min(band, size - y), min(band, size - x)
+                mm[y : y + h, x : x + w] = np.roll(patch[0], int(rng.integers(0, band)), axis=1)[:h, :w]
+        mm.flush()
+        del mm
+        rss_before = peak_rss_mb()
+        model = build_principal(
+            "convnext_atto",
+            {"detection_layers": 2, "segmentation_layers": 2, "max_detections": 4096, "min_score": 0.2},
+        )
+        pred = Predictor(model, tile_size=tile, overlap=128, batch_size=batch, score_threshold=0.5)
+        t0 = time.perf_counter()
+        with open_image(path) as view:
+            assert isinstance(view.array, np.memmap)
+            labels, table = pred.predict_labels(view)
+        seconds = time.perf_counter() - t0
+    return {
+        "case": "large",
+        "model": "ConvNeXt-atto + FPN 64 + LACSS head (2 conv layers per head), random weights",
+        "image": [size, size],
+        "tile": tile,
+        "batch": batch,
+        "threads": threads,
+        "cells": len(table.scores),
+        "seconds": round(seconds, 1),
+        "megapixels_per_s": round(size * size / 1e6 / seconds, 3),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "rss_before_predict_mb": round(rss_before, 1),
+    }
+
+
+def run_case(argv: list[str]) -> dict[str, Any]:
+    """Run one case in a fresh interpreter; returns its JSON result."""
+    cmd = [sys.executable, __file__, "--one", *argv]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if proc.returncode != 0:
+        return {"case": argv, "error": proc.stderr[-2000:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", default="paper,agreement,large", help="comma-separated: paper, agreement, large")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--large-size", type=int, default=10000)
+    parser.add_argument("--large-tile", type=int, default=1024)
+    parser.add_argument("--large-batch", type=int, default=2)
+    parser.add_argument("--one", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=None, help="also write the results as JSON here")
+    args = parser.parse_args()
+    if args.one:
+        kind, *rest = args.one
+        if kind == "paper":
+            result = case_paper(int(rest[0]), rest[1], args.repeats, args.threads)
+        elif kind == "agreement":
+            result = case_agreement(args.threads)
+        else:
+            result = case_large(args.large_size, args.threads, args.large_tile, args.large_batch)
+        print(json.dumps(result))
+        return
+    results = []
+    common = ["--repeats", str(args.repeats), "--threads", str(args.threads)]
+    cases = args.cases.split(",")
+    if "paper" in cases:
+        for detections in (300, 2560):
+            for precision in ("fp32", "bf16"):
+                results.append(run_case(["paper", str(detections), precision, *common]))
+                print(json.dumps(results[-1]), flush=True)
+    if "agreement" in cases:
+        results.append(run_case(["agreement", *common]))
+        print(json.dumps(results[-1]), flush=True)
+    if "large" in cases:
+        extra = ["--large-size", str(args.large_size), "--large-tile", str(args.large_tile)]
+        results.append(run_case(["large", *common, *extra, "--large-batch", str(args.large_batch)]))
+        print(json.dumps(results[-1]), flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
