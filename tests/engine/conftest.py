@@ -41,9 +41,10 @@ def recipe_dict(store: str | Path, **train) -> dict:
         "description": "engine test recipe",
         "data": {
             "store": str(store),
-            "label_source": {"type": tiny_strategy.LABEL_SOURCE},
+            "label_source": {"type": "centroids"},
             "crop_size": 32,
             "num_workers": 0,
+            "synthetic": {"n_images": 6, "size": 64, "cell_diameter": 12.0, "val_fraction": 0.34, "seed": 0},
         },
         "strategy": {"type": tiny_strategy.STRATEGY, "width": 8, "warmup_steps": 2},
         "train": {
@@ -64,7 +65,8 @@ def recipe_dict(store: str | Path, **train) -> dict:
 
 @pytest.fixture
 def make_recipe(tiny_plugin, tmp_path):
-    """``make_recipe(**train_overrides)`` -> a validated Recipe for the tiny strategy."""
+    """``make_recipe(store=None, **train_overrides)`` -> a validated Recipe for the tiny strategy
+    (a small synthetic store, generated on first use, at ``store`` or ``<tmp>/store.zarr``)."""
     from weakseg.recipe import Recipe, structure
 
     def make(store: str | Path | None = None, **train) -> Recipe:
@@ -130,3 +132,29 @@ def output_dir(tmp_path, _empty_mlflow_db, monkeypatch) -> Path:
     out.mkdir()
     shutil.copyfile(_empty_mlflow_db, out / "mlflow.db")
     return out
+
+
+@pytest.fixture
+def plugin_env(tmp_path_factory) -> dict:
+    """Environment for ``python -m weakseg`` subprocesses that see the tiny plugin through a real
+    entry point: a ``*.dist-info`` folder declaring ``[weakseg] tiny_test = tiny_strategy``."""
+    import os
+
+    site = tmp_path_factory.mktemp("site")
+    info = site / "weakseg_tiny_test-0.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: weakseg-tiny-test\nVersion: 0.0\n")
+    (info / "entry_points.txt").write_text(f"[weakseg]\ntiny_test = {tiny_strategy.__name__}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WEAKSEG_TINY_", "MLFLOW_TRACKING_URI"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(site), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["OMP_NUM_THREADS"] = "1"
+    env["MLFLOW_ENABLE_ASYNC_LOGGING"] = "false"
+    return env
+
+
+def write_recipe(path: Path, store: str | Path, **train) -> Path:
+    """Write the tiny recipe as YAML (for ``weakseg run``)."""
+    import yaml
+
+    path.write_text(yaml.safe_dump(recipe_dict(store, **train), sort_keys=False))
+    return path

@@ -55,7 +55,7 @@ def test_run_is_written_to_sqlite_with_params_metrics_tags_artifacts(make_recipe
     assert params["train.steps"] == "6" and params["model"] == "None"
     tags = run.data.tags
     assert tags["weakseg.strategy"] == "tiny_test"
-    assert tags["weakseg.label_source"] == "tiny_centroids"
+    assert tags["weakseg.label_source"] == "centroids"
     assert tags["weakseg.backbone"] == "none"
     assert tags["weakseg.version"]
     assert tags["weakseg.git_commit"]

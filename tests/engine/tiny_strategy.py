@@ -1,4 +1,4 @@
-"""A real, tiny weakseg plugin for the engine tests: a two-phase strategy and a label source.
+"""A real, tiny weakseg plugin for the engine tests: a two-phase strategy.
 
 ``TinyStrategy`` is a 3-layer CNN that learns foreground from point labels (a Gaussian blob per
 point; masks when the batch has them) and predicts instances by thresholding and connected
@@ -10,11 +10,14 @@ Fault injection for the tests (environment variables, read in ``forward``):
 
 - ``WEAKSEG_TINY_SIGTERM_AT=k``: the process sends itself SIGTERM during step k;
 - ``WEAKSEG_TINY_NAN_AT=k``: the loss of step k is NaN;
-- ``WEAKSEG_TINY_LOG=path``: append ``rank step image_id,...`` for every step to ``path``.
+- ``WEAKSEG_TINY_LOG=path``: append one JSON line per step to ``path``: rank, step, image ids, bce;
+- ``WEAKSEG_TINY_DUMP=folder``: every ``state_dict()`` call (the engine makes one on every rank per
+  checkpoint) also saves the weights to ``folder/rank<R>-step<N>.pt``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
@@ -24,7 +27,6 @@ import numpy as np
 from weakseg.hookspecs import hookimpl
 
 STRATEGY = "tiny_test"
-LABEL_SOURCE = "tiny_centroids"
 
 
 @attrs.frozen(kw_only=True)
@@ -37,31 +39,6 @@ class TinyStrategyConfig:
 
     def build(self, recipe, data):
         return make_strategy(self, data)
-
-
-@attrs.frozen(kw_only=True)
-class TinyCentroidsConfig:
-    """Point labels at the centroids of the ground-truth masks (engine tests)."""
-
-    def build(self):
-        return TinyCentroids()
-
-
-class TinyCentroids:
-    name = LABEL_SOURCE
-
-    def points(self, *, image, labels, points, nuclei, rng):
-        if points is not None:
-            return np.asarray(points, np.float32).reshape(-1, 2)
-        if labels is None:
-            return np.zeros((0, 2), np.float32)
-        from scipy import ndimage
-
-        ids = [i for i in np.unique(labels) if i != 0]
-        if not ids:
-            return np.zeros((0, 2), np.float32)
-        centres = ndimage.center_of_mass(np.ones_like(labels), labels, ids)
-        return np.asarray(centres, np.float32).reshape(-1, 2) + 0.5
 
 
 def make_strategy(cfg: TinyStrategyConfig, data):
@@ -148,7 +125,6 @@ def make_strategy(cfg: TinyStrategyConfig, data):
             return torch.stack(targets)[:, None].to(batch.image.device)
 
         def forward(self, batch, step):
-            self._faults(batch, step)
             logits = self.net(batch.image)
             target = self._target(batch, logits.shape)
             losses = {"bce": nn.functional.binary_cross_entropy_with_logits(logits.float(), target)}
@@ -157,16 +133,33 @@ def make_strategy(cfg: TinyStrategyConfig, data):
             if os.environ.get("WEAKSEG_TINY_NAN_AT") == str(step):
                 losses["bce"] = losses["bce"] * float("nan")
             self.seen_steps += 1
+            self._faults(batch, step, losses)
             return losses
 
-        def _faults(self, batch, step):
+        def _faults(self, batch, step, losses):
             log = os.environ.get("WEAKSEG_TINY_LOG")
             if log:
-                rank = os.environ.get("RANK", "0")
+                record = {
+                    "rank": int(os.environ.get("RANK", "0")),
+                    "step": step,
+                    "ids": list(batch.image_ids),
+                    "bce": float(losses["bce"]),
+                }
                 with open(log, "a") as fh:
-                    fh.write(f"{rank} {step} {','.join(batch.image_ids)}\n")
+                    fh.write(json.dumps(record) + "\n")
             if os.environ.get("WEAKSEG_TINY_SIGTERM_AT") == str(step):
                 os.kill(os.getpid(), signal.SIGTERM)
+
+        def state_dict(self, *args, **kwargs):
+            state = super().state_dict(*args, **kwargs)
+            dump = os.environ.get("WEAKSEG_TINY_DUMP")
+            if dump and not args and not kwargs:
+                rank = os.environ.get("RANK", "0")
+                torch.save(
+                    {k: v.detach().clone() for k, v in state.items()},
+                    f"{dump}/rank{rank}-step{int(self.seen_steps)}.pt",
+                )
+            return state
 
         def principal(self):
             return TinyPrincipal(self.net)
@@ -181,8 +174,3 @@ def make_strategy(cfg: TinyStrategyConfig, data):
 @hookimpl
 def weakseg_register_strategies(registry):
     registry.add(STRATEGY, TinyStrategyConfig)
-
-
-@hookimpl
-def weakseg_register_label_sources(registry):
-    registry.add(LABEL_SOURCE, TinyCentroidsConfig)

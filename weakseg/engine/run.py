@@ -22,13 +22,10 @@ checkpoint starts from step 0, so a job script can always pass it (pre-emptible 
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
 import sys
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,31 +103,6 @@ def check_resumable(recipe: Any, stored_yaml: str, where: Path) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def _metrics_table(overall: Mapping[str, float], groups: Mapping[str, Mapping[str, float]]) -> list[dict[str, Any]]:
-    rows = [{"group": "all", **overall}]
-    rows += [{"group": g, **m} for g, m in groups.items()]
-    return rows
-
-
-def _rows_to_csv(rows: list[dict[str, Any]]) -> str:
-    keys: list[str] = []
-    for row in rows:
-        keys += [k for k in row if k not in keys]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=keys)
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
-def _numeric(d: Mapping[str, Any]) -> dict[str, float]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[k] = float(v)
-    return out
-
-
 def make_evaluator(recipe: Any, run_dir: Path, tracker: Any, device: Any) -> Any:
     """``evaluate(strategy, step) -> {"val/AP50": ..., "val/<group>/AP50": ...}`` or ``None``.
 
@@ -153,42 +125,41 @@ def make_evaluator(recipe: Any, run_dir: Path, tracker: Any, device: Any) -> Any
             recipe.eval.score_threshold,
             device,
         )
-        overall = _numeric(getattr(result, "overall", {}) or {})
-        groups = {g: _numeric(m) for g, m in (getattr(result, "groups", {}) or {}).items()}
-        metrics = {f"{prefix}/{k}": v for k, v in overall.items()}
-        for g, m in groups.items():
-            metrics.update({f"{prefix}/{g}/{k}": v for k, v in m.items()})
         eval_dir = run_dir / "eval"
         eval_dir.mkdir(parents=True, exist_ok=True)
         stem = f"step-{step:08d}"
-        rows = _metrics_table(overall, groups)
         json_path = eval_dir / f"metrics-{stem}.json"
+        json_path.write_text(result.to_json())
         csv_path = eval_dir / f"metrics-{stem}.csv"
-        json_path.write_text(json.dumps({"step": step, "split": recipe.eval.split, "metrics": rows}, indent=2))
-        csv_path.write_text(_rows_to_csv(rows))
+        result.to_csv(csv_path)
         tracker.log_artifact(json_path, "eval")
         tracker.log_artifact(csv_path, "eval")
         if recipe.eval.panel:
             panel = _write_panel(result, strategy, recipe, eval_dir / f"panel-{stem}.png", device)
             if panel is not None:
                 tracker.log_png(panel, f"panels/{panel.name}")
-        return metrics
+        return result.flat(prefix)
 
     return evaluate
 
 
 def _write_panel(result: Any, strategy: Any, recipe: Any, path: Path, device: Any) -> Path | None:
     """Ask the eval layer for the evaluation figure; a failing panel never fails the run."""
+    from weakseg.eval.panel import write_panel
+
     try:
-        from weakseg.eval import panel as panel_mod
-    except ImportError:
-        return None
-    try:
-        written = panel_mod.write_panel(strategy, recipe.data, recipe.eval.split, path, device=device, result=result)
-    except Exception as exc:  # noqa: BLE001 - the figure is a nicety
+        return write_panel(
+            strategy,
+            recipe.data,
+            recipe.eval.split,
+            path,
+            device=device,
+            result=result,
+            score_threshold=recipe.eval.score_threshold,
+        )
+    except Exception as exc:  # noqa: BLE001 - the figure is a nicety, never a reason to stop training
         warnings.warn(f"could not draw the evaluation panel {path}: {type(exc).__name__}: {exc}", stacklevel=2)
         return None
-    return Path(written) if written else (path if path.exists() else None)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,0 +1,111 @@
+"""End to end: ``weakseg run`` on a real synthetic store, MLflow run, SIGTERM + ``--resume``."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import write_recipe
+
+from weakseg.engine.checkpoint import load_checkpoint
+from weakseg.errors import WeaksegError
+
+
+def weakseg_run(env, *args, timeout=300):
+    """``python -m weakseg run ...`` in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "weakseg", "run", *map(str, args), "--no-progress"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_run_recipe_tracks_metrics_panels_and_checkpoints(tiny_plugin, make_recipe, output_dir):
+    from mlflow import MlflowClient
+
+    from weakseg.engine.run import run_recipe
+
+    recipe = make_recipe(steps=6, eval_every=3, checkpoint_every=3, log_every=1)
+    result = run_recipe(recipe, output=output_dir, progress=False)
+    run_dir = output_dir / "tiny"
+    assert result.run_dir == run_dir and result.step == 6 and result.steps_run == 6
+    assert (run_dir / "recipe.yaml").read_text() == recipe.to_yaml()
+    assert load_checkpoint(result.checkpoint).step == 6
+    assert {p.name for p in (run_dir / "checkpoints").iterdir()} == {
+        "last.ckpt",
+        "step-00000003.ckpt",
+        "step-00000006.ckpt",
+    }
+    for step in (3, 6):
+        stored = json.loads((run_dir / "eval" / f"metrics-step-{step:08d}.json").read_text())
+        assert stored["split"] == "val" and set(stored["groups"]) == {"fluorescence", "phase"}
+        assert (run_dir / "eval" / f"panel-step-{step:08d}.png").read_bytes()[:4] == b"\x89PNG"
+    assert {"val/AP50", "val/mAP", "val/dice", "val/F1", "val/phase/AP50"} <= set(result.metrics)
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{output_dir}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert run.info.run_id == result.run_id and run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == list(range(1, 7))
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/AP50")] == [3, 6]
+    assert client.get_metric_history(run.info.run_id, "val/fluorescence/dice")
+    assert run.data.params["data.label_source.type"] == "centroids"
+    panels = [f.path for f in client.list_artifacts(run.info.run_id, "panels")]
+    assert panels == ["panels/panel-step-00000003.png", "panels/panel-step-00000006.png"]
+    top = {f.path for f in client.list_artifacts(run.info.run_id)}
+    assert {"recipe.yaml", "eval", "panels", "checkpoints"} <= top
+
+    # the same run folder is never overwritten by accident
+    with pytest.raises(WeaksegError, match="--resume"):
+        run_recipe(recipe, output=output_dir, progress=False)
+    # resuming a finished run trains nothing more and keeps the MLflow run
+    again = run_recipe(recipe, resume=True, output=output_dir, progress=False)
+    assert again.steps_run == 0 and again.step == 6 and again.run_id == result.run_id
+    # resuming with a recipe that trains something else is refused, naming the key
+    changed = make_recipe(steps=6, eval_every=3, checkpoint_every=3, log_every=1, batch_size=3)
+    with pytest.raises(WeaksegError, match=r"recipe.train.batch_size: 2 -> 3"):
+        run_recipe(changed, resume=True, output=output_dir, progress=False)
+
+
+@pytest.mark.slow
+def test_sigterm_then_resume_matches_an_uninterrupted_run(tiny_plugin, make_recipe, plugin_env, output_dir, tmp_path):
+    from mlflow import MlflowClient
+
+    from weakseg.engine.run import run_recipe
+
+    store = tmp_path / "store.zarr"
+    train = {"steps": 10, "checkpoint_every": 4, "log_every": 1}
+    recipe = write_recipe(tmp_path / "tiny.yaml", store, **train)
+    log = tmp_path / "steps.jsonl"
+    # the uninterrupted reference runs in this process (one thread, like the subprocesses)
+    run_recipe(make_recipe(store, **train), output=tmp_path / "reference", progress=False)
+
+    killed = weakseg_run(
+        {**plugin_env, "WEAKSEG_TINY_SIGTERM_AT": "5", "WEAKSEG_TINY_LOG": str(log)}, recipe, "--output", output_dir
+    )
+    assert killed.returncode == 128 + signal.SIGTERM, killed.stderr
+    assert "interrupted by SIGTERM at step 6/10" in killed.stderr and "--resume" in killed.stderr
+    ckpt = load_checkpoint(output_dir / "tiny")
+    assert ckpt.step == 6  # the step in flight finished, then the checkpoint was written
+
+    resumed = weakseg_run({**plugin_env, "WEAKSEG_TINY_LOG": str(log)}, recipe, "--output", output_dir, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming 'tiny'" in resumed.stderr
+
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+    assert steps == list(range(10))  # every step once, none redone
+    final = load_checkpoint(output_dir / "tiny")
+    expected = load_checkpoint(tmp_path / "reference" / "tiny")
+    assert final.step == expected.step == 10
+    for key, value in expected.state_dict.items():
+        assert torch.equal(final.state_dict[key], value), key
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{output_dir}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert run.info.run_id == ckpt.run_id == final.run_id and run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == list(range(1, 11))
