@@ -94,17 +94,23 @@ def _bounding_boxes(labels: Any, tile: int) -> dict[int, list[int]]:
     boxes: dict[int, list[int]] = {}
     for y0, y1, x0, x1 in _tiles(labels.shape, tile):
         block = np.asarray(labels[y0:y1, x0:x1])
-        ids, inverse = np.unique(block, return_inverse=True)
-        slices = find_objects(inverse.reshape(block.shape).astype(np.int64) + 1)
-        for value, sl in zip(ids, slices, strict=True):
-            if value == 0 or sl is None:
-                continue
+        if not block.any():
+            continue
+        if block.min() >= 0 and int(block.max()) < (1 << 24):
+            present = np.flatnonzero(np.bincount(block.ravel()))
+            slices = find_objects(block)
+            pairs = [(int(v), slices[v - 1]) for v in present if v != 0]
+        else:
+            ids, inverse = np.unique(block, return_inverse=True)
+            slices = find_objects(inverse.reshape(block.shape).astype(np.int64) + 1)
+            pairs = [(int(v), sl) for v, sl in zip(ids, slices, strict=True) if v != 0 and sl is not None]
+        for value, sl in pairs:
             box = [y0 + sl[0].start, y0 + sl[0].stop, x0 + sl[1].start, x0 + sl[1].stop]
-            old = boxes.get(int(value))
+            old = boxes.get(value)
             if old is None:
-                boxes[int(value)] = box
+                boxes[value] = box
             else:
-                boxes[int(value)] = [min(old[0], box[0]), max(old[1], box[1]), min(old[2], box[2]), max(old[3], box[3])]
+                boxes[value] = [min(old[0], box[0]), max(old[1], box[1]), min(old[2], box[2]), max(old[3], box[3])]
     return boxes
 
 
@@ -163,8 +169,19 @@ def count_instances(labels: Any, *, tile: int = TILE) -> int:
             return int(np.count_nonzero(np.bincount(labels.ravel(), minlength=1)[1:]))
         ids = np.unique(labels)
         return int((ids != 0).sum())
-    seen: set[int] = set()
+    seen = np.zeros(1, bool)
+    other: set[int] = set()
     for y0, y1, x0, x1 in _tiles(shape, tile):
-        seen.update(int(v) for v in np.unique(np.asarray(labels[y0:y1, x0:x1])))
-    seen.discard(0)
-    return len(seen)
+        block = np.asarray(labels[y0:y1, x0:x1])
+        if not block.any():
+            continue
+        if block.min() >= 0 and int(block.max()) < (1 << 24):
+            counts = np.bincount(block.ravel())
+            if counts.size > seen.size:
+                seen = np.concatenate([seen, np.zeros(counts.size - seen.size, bool)])
+            seen[: counts.size] |= counts > 0
+        else:
+            other.update(int(v) for v in np.unique(block))
+    seen[0] = False
+    other.discard(0)
+    return int(seen.sum()) + len({v for v in other if not (0 <= v < seen.size and seen[v])})
