@@ -238,3 +238,14 @@ def test_livecell_offline_message_and_local_layout(tmp_path, monkeypatch):
     assert len(records[1].load_labels().nonzero()[0]) == 32  # deduplicated by default (box IoU 0.75)
     only = scan("livecell", root, parts=("train",), download=False, cell_lines=("bv2",))
     assert [r.group for r in only] == ["BV2"]
+
+
+def test_folder_split_column_from_metadata(tmp_path):
+    kromp_like(tmp_path / "src", names=("a", "b", "c"))
+    (tmp_path / "src/image_description.csv").write_text(
+        "Image_Name;Diagnosis;Train-/Testset split\na;x;train\nb;x;test\nc;y;Train\n"
+    )
+    records = scan("folder", tmp_path / "src", split_column="Train-/Testset split")
+    assert {r.image_id: r.split for r in records} == {"a": "train", "b": "test", "c": "train"}
+    with pytest.raises(DataError, match="no column 'Split'"):
+        scan("folder", tmp_path / "src", split_column="Split")

@@ -89,6 +89,8 @@ class FolderImporter(CommonOptions):
     metadata_csv: str | None = "auto"
     #: Metadata column giving each image's group (e.g. Diagnosis for Kromp).
     group_column: str | None = None
+    #: Metadata column giving each image's split (train / val / test; e.g. "Train-/Testset split" for Kromp).
+    split_column: str | None = None
     #: Globs of files (relative to SOURCE) never taken as images.
     exclude: tuple[str, ...] = ()
 
@@ -128,15 +130,18 @@ class FolderImporter(CommonOptions):
         ids = make_ids(rels, self.id)
         keys = {template_fields(r)["stem"] for r in rels} | set(ids)
         table, table_file = load_metadata_table(root, self.metadata_csv, keys)
-        if self.group_column and not table:
-            raise DataError(f"{root}: group_column={self.group_column!r} needs a metadata CSV (metadata_csv=FILE)")
+        for option in ("group_column", "split_column"):
+            if getattr(self, option) and not table:
+                raise DataError(f"{root}: {option}={getattr(self, option)!r} needs a metadata CSV (metadata_csv=FILE)")
         records = []
         for (img, lab, nuc), rel, image_id in zip(pairs, rels, ids, strict=True):
             meta_row = table.get(image_id) or table.get(template_fields(rel)["stem"]) or {}
-            if self.group_column and meta_row and self.group_column not in meta_row:
-                raise DataError(
-                    f"{table_file}: no column {self.group_column!r} (columns: {', '.join(meta_row)})"
-                )
+            for column in (self.group_column, self.split_column):
+                if column and meta_row and column not in meta_row:
+                    raise DataError(f"{table_file}: no column {column!r} (columns: {', '.join(meta_row)})")
+            split = "train"
+            if self.split_column and meta_row.get(self.split_column):
+                split = meta_row[self.split_column].strip().lower()
             files = {"image": str(img)}
             if lab is not None:
                 files["labels"] = str(lab)
@@ -153,7 +158,7 @@ class FolderImporter(CommonOptions):
                     load_labels=load_labels,
                     load_nuclei=(lambda p=nuc: read_plane(p, what="nuclear image")) if nuc is not None else None,
                     group=group_for(rel, self, meta_row, self.group_column),
-                    split="train",
+                    split=split,
                     pixel_size=self.pixel_size,
                     metadata={"files": files, "relative_path": rel, **({"table": meta_row} if meta_row else {})},
                 )
