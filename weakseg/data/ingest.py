@@ -90,7 +90,7 @@ def run_import(
         imp = importer
         importer_desc = {"type": getattr(imp, "name", type(imp).__name__), **_config_dict(imp)}
     source = Path(source)
-    if not source.exists():
+    if not source.exists() and not getattr(imp, "downloads_into_source", False):
         raise DataError(f"{source}: not found (the import source must be a folder or file)")
     records = list(imp.scan(source))
     if not records:

@@ -20,6 +20,7 @@ import os
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import attrs
 
@@ -89,6 +90,9 @@ def download_livecell(root: Path, files: list[str]) -> None:
 @attrs.frozen(kw_only=True)
 class LivecellImporter(CommonOptions):
     """LIVECell's official COCO files (downloaded with pooch when missing and the network allows)."""
+
+    #: SOURCE may not exist yet: it is where the files are downloaded to.
+    downloads_into_source: ClassVar[bool] = True
 
     group_pattern: str | None = attrs.field(default=LIVECELL_GROUP_PATTERN, validator=_check_regex)
     #: Which official splits to import.
