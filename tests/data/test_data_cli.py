@@ -70,3 +70,16 @@ def test_label_source_option_and_json_output(tmp_path, capsys):
     assert rc == 0 and out["images"] == 2
     names = set(out["summary"]["points"])
     assert "centroids" in names and any(n.startswith("nuclei") for n in names)
+
+
+def test_set_takes_file_templates_unquoted(tmp_path, capsys):
+    from .io_fixtures import blob_labels, image_for, write_png, write_tif
+
+    labels = blob_labels()
+    write_png(tmp_path / "src/raw/a.png", image_for(labels, np.uint8))
+    write_tif(tmp_path / "src/gt/a_label.tif", labels.astype(np.uint16))
+    rc = main(["data", "import", "folder", str(tmp_path / "src"), "-o", str(tmp_path / "s.zarr"),
+               "--set", "images=raw/*.png", "--set", "labels={parent}/../gt/{stem}_label.tif",
+               "--set", "splits={test: a}"])
+    assert rc == 0, capsys.readouterr().err
+    assert "test 1" in capsys.readouterr().out

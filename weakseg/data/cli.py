@@ -18,6 +18,19 @@ import json
 import sys
 from typing import Any
 
+IMPORT_EXAMPLES = """examples:
+  weakseg data import folder ../shared/data/usiigaci -o usiigaci.zarr --set 'splits.test=set(3[1-9]|40)'
+  weakseg data import folder ../shared/data/kromp -o kromp.zarr --set group_column=Diagnosis \\
+      --set test_fraction=0.2 --set split_seed=0
+  weakseg data import folder cells/ -o cells.zarr --set 'images=raw/*.tif' --set 'labels=gt/{stem}_label.png'
+  weakseg data import livecell LIVECell/ -o livecell.zarr --set 'cell_lines=[A172, BV2]'
+  weakseg data import points pics/ -o pts.zarr --set 'points={parent}/{stem}.csv'   # napari CSVs work
+  weakseg data import a431 a431/ -o a431.zarr --set 'nuclei=nuclei/{stem}.tif' \\
+      --label-source '{type: nuclei, diameter: 20}'
+
+importer options (--set): an unknown key lists the allowed ones; splits.NAME=REGEX (full match on the image
+id), val_fraction / test_fraction / split_seed, group, group_pattern=REGEX, pixel_size, id."""
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("data", help="import data into a store, inspect it, draw overlays")
@@ -27,7 +40,10 @@ def register(subparsers: Any) -> None:
     pi = sub.add_parser(
         "import",
         help="import images (and masks / points) into a weakseg zarr store",
-        description="Import SOURCE with IMPORTER (see `weakseg plugins`: importers) into the store STORE.",
+        description="Import SOURCE with IMPORTER (see `weakseg plugins`: importers) into the store STORE. "
+        "An interrupted import resumes when the same command is run again.",
+        epilog=IMPORT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     pi.add_argument("importer", metavar="IMPORTER", help="importer name: folder, coco, livecell, points, a431, ...")
     pi.add_argument("source", metavar="SOURCE", help="folder (or file) to import")
@@ -65,12 +81,29 @@ def register(subparsers: Any) -> None:
     ps.set_defaults(func=_cmd_show)
 
 
+def _quote_templates(item: str) -> str:
+    """``labels={parent}/{stem}.png`` is a file template, not YAML flow syntax: pass it as a string."""
+    import yaml
+
+    key, sep, raw = item.partition("=")
+    if not sep or "{" not in raw:
+        return item
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = None
+    else:
+        if not (isinstance(value, dict) and all(v is None for v in value.values())):
+            return item  # a real mapping ({test: set1}) or a plain string
+    return f"{key}={json.dumps(raw)}"
+
+
 def _options(items: list[str]) -> dict[str, Any]:
     from weakseg.errors import RecipeError
     from weakseg.recipe import apply_overrides
 
     try:
-        return apply_overrides({}, items)
+        return apply_overrides({}, [_quote_templates(i) for i in items])
     except RecipeError as exc:
         raise RecipeError(str(exc).replace("recipe.", "")) from None
 
