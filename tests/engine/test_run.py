@@ -72,6 +72,25 @@ def test_run_recipe_tracks_metrics_panels_and_checkpoints(tiny_plugin, make_reci
         run_recipe(changed, resume=True, output=output_dir, progress=False)
 
 
+def test_training_free_strategy_is_only_evaluated(tiny_plugin, make_recipe, output_dir):
+    from mlflow import MlflowClient
+
+    from weakseg.engine.run import run_recipe
+    from weakseg.recipe import StrategySpec
+
+    recipe = make_recipe(steps=50)
+    recipe = recipe.evolve(strategy=StrategySpec.of("tiny_test", trainable=False))
+    result = run_recipe(recipe, output=output_dir, progress=False)
+    assert result.step == 0 and result.steps_run == 0
+    saved = load_checkpoint(result.checkpoint)
+    assert saved.step == 0 and "optimizer" not in saved.raw
+    assert "val/AP50" in result.metrics
+    client = MlflowClient(tracking_uri=result.tracking_uri)
+    assert client.get_run(result.run_id).info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(result.run_id, "val/dice")] == [0]
+    assert client.get_metric_history(result.run_id, "train/loss") == []
+
+
 @pytest.mark.slow
 def test_sigterm_then_resume_matches_an_uninterrupted_run(tiny_plugin, make_recipe, plugin_env, output_dir, tmp_path):
     from mlflow import MlflowClient

@@ -111,7 +111,8 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(make_rec
     assert all(torch.isfinite(p).all() for p in trainer.strategy.parameters())
 
 
-def test_sigterm_checkpoints_and_resume_is_exact(make_recipe, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_checkpoints_and_resume_is_exact(make_recipe, tmp_path, signum):
     recipe = make_recipe(steps=12, checkpoint_every=5)
     reference = make_trainer(recipe, tmp_path / "ref")
     reference.fit()
@@ -119,14 +120,14 @@ def test_sigterm_checkpoints_and_resume_is_exact(make_recipe, tmp_path):
 
     def kill_at_7(trainer, step, losses):
         if step == 7:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signum)
 
     first = make_trainer(recipe, tmp_path / "run", callbacks=[kill_at_7])
-    previous = signal.getsignal(signal.SIGTERM)
+    previous = signal.getsignal(signum)
     with pytest.raises(TrainingInterrupted) as info:
         first.fit()
-    assert signal.getsignal(signal.SIGTERM) is previous  # handlers restored
-    assert info.value.exit_code == 143 and info.value.step == 7
+    assert signal.getsignal(signum) is previous  # handlers restored
+    assert info.value.exit_code == 128 + signum and info.value.step == 7
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert ckpt.step == 7 and ckpt.raw["data"] == {"step": 7, "seed": 0, "world_size": 1}
 

@@ -36,6 +36,8 @@ class TinyStrategyConfig:
     width: int = 8
     warmup_steps: int = 2
     sigma: float = 2.0
+    #: False: a training-free strategy (the engine only evaluates it).
+    trainable: bool = True
 
     def build(self, recipe, data):
         return make_strategy(self, data)
@@ -104,6 +106,7 @@ def make_strategy(cfg: TinyStrategyConfig, data):
                 nn.Conv2d(w, 1, 3, padding=1),
             )
             self.register_buffer("seen_steps", torch.zeros((), dtype=torch.long))
+            self.trainable = cfg.trainable
 
         def phases(self):
             return [Phase("warmup", 0), Phase("main", cfg.warmup_steps)]
@@ -143,7 +146,7 @@ def make_strategy(cfg: TinyStrategyConfig, data):
                     "rank": int(os.environ.get("RANK", "0")),
                     "step": step,
                     "ids": list(batch.image_ids),
-                    "bce": float(losses["bce"]),
+                    "bce": float(losses["bce"].detach()),
                 }
                 with open(log, "a") as fh:
                     fh.write(json.dumps(record) + "\n")

@@ -56,7 +56,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"  checkpoint: {result.checkpoint}")
         if result.run_id:
             print(f"  MLflow run {result.run_id} in {result.tracking_uri}")
-        shown = {k: v for k, v in result.metrics.items() if k.count("/") == 1}
+        keys = ("AP50", "AP75", "mAP", "coco_AP", "dice", "F1", "accuracy")
+        shown = {k: v for k, v in result.metrics.items() if k.count("/") == 1 and k.split("/")[1] in keys}
         if shown:
             print("  " + "  ".join(f"{k}={v:.4f}" for k, v in shown.items()))
     return 0

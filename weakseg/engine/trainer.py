@@ -349,6 +349,7 @@ class Trainer:
         if self.ctx.is_main and self.checkpoints is not None:
             path = self.checkpoints.save(payload, self.step)
             self.last_checkpoint = path
+            self._last_saved_step = self.step
         self.ctx.barrier()
         return path
 
@@ -395,6 +396,17 @@ class Trainer:
             "train.grad_clip, add train.optimizer.warmup_steps or try train.precision=fp32."
         )
 
+    def _interrupted(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        where = self.last_checkpoint or (self.checkpoints.last if self.checkpoints else None)
+        raise TrainingInterrupted(
+            f"training of {self.recipe.name!r} interrupted by {name} at step {self.step}/{self.train_cfg.steps}; "
+            f"checkpoint written to {where}; continue with `weakseg run RECIPE --resume`",
+            signum,
+            self.step,
+            where,
+        )
+
     def fit(self) -> TrainResult:
         """Train from ``self.step`` to ``recipe.train.steps``; returns the final state."""
         cfg = self.train_cfg
@@ -417,7 +429,15 @@ class Trainer:
                 while self.step < total:
                     self._enter_phase(unwrap(self.strategy).phase_at(self.step), progress)
                     lr = self.schedule.apply(self.optimizer, self.step)
-                    batch = next(stream).to(self.ctx.device)
+                    try:
+                        batch = next(stream).to(self.ctx.device)
+                    except Exception:
+                        # Ctrl-C reaches data-loader workers too; a fetch failing after a signal is the
+                        # interruption itself: the step has not started, so checkpoint and stop here
+                        if stop.signum is None:
+                            raise
+                        self.save()
+                        self._interrupted(stop.signum)
                     losses = self._forward(model, batch)
                     names = sorted(losses)
                     loss_total = sum(losses[n].float() for n in names)
@@ -471,18 +491,8 @@ class Trainer:
                         or (cfg.checkpoint_every > 0 and self.step % cfg.checkpoint_every == 0)
                     ):
                         self.save()
-                        self._last_saved_step = self.step
                     if stopping:
-                        signum = stop.signum or signal.SIGTERM
-                        name = signal.Signals(signum).name
-                        where = self.last_checkpoint or (self.checkpoints.last if self.checkpoints else None)
-                        raise TrainingInterrupted(
-                            f"training of {self.recipe.name!r} interrupted by {name} at step {self.step}/{total}; "
-                            f"checkpoint written to {where}; continue with `weakseg run RECIPE --resume`",
-                            signum,
-                            self.step,
-                            where,
-                        )
+                        self._interrupted(stop.signum or signal.SIGTERM)
             if start >= total and self.checkpoints is not None and not self.checkpoints.last.exists():
                 self.save()
         finally:
