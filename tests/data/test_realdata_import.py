@@ -71,3 +71,24 @@ def test_kromp(shared_data, tmp_path, capsys):
     assert info["instances"] == 2678  # the README's count
     assert info["group_names"] == ["Ganglioneuroblastoma", "Neuroblastoma", "normal (HaCaT)"]
     assert info["groups"] == {"Ganglioneuroblastoma": 4, "Neuroblastoma": 12, "normal (HaCaT)": 26}
+
+
+def test_nuclei_label_source_on_kromp(shared_data, tmp_path):
+    """Blob detection finds real nuclei (Kromp's stains) when told the nucleus size (the A431 setting)."""
+    from scipy.optimize import linear_sum_assignment
+    from scipy.spatial.distance import cdist
+
+    from weakseg.data.labels import detect_nuclei
+    from weakseg.data.masks import instance_centroids
+
+    f1s = []
+    for name in ("normal_5", "Neuroblastoma_3", "Ganglioneuroblastoma_0", "normal_11"):
+        image = tifffile.imread(shared_data / "kromp/images" / f"{name}.tif")
+        _ids, truth, area = instance_centroids(tifffile.imread(shared_data / "kromp/labels" / f"{name}.tif"))
+        diameter = float(np.median(2 * np.sqrt(area / np.pi)))
+        found = detect_nuclei(image, diameter=diameter)
+        d = cdist(found, truth)
+        r, c = linear_sum_assignment(d)
+        tp = int((d[r, c] < diameter / 2).sum())
+        f1s.append(2 * tp / (len(found) + len(truth)))
+    assert min(f1s) > 0.6 and np.mean(f1s) > 0.8, f1s

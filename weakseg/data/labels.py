@@ -279,18 +279,30 @@ def detect_nuclei(
     sigma = diameter / (2 * np.sqrt(2))
     min_sigma, max_sigma = sigma / size_range, sigma * size_range
     margin = int(np.ceil(3 * max_sigma)) + 2
+    tile = max(tile, 8 * margin)
+
+    # large nuclei are found on a downsampled image (about 12 px across): same result, far fewer operations
+    factor = max(1, int(diameter // 12))
 
     def detect(block: np.ndarray) -> np.ndarray:
+        """Blob centres in continuous coordinates of ``block`` (pixel centres at i + 0.5)."""
         norm = np.clip((block.astype(np.float32) - lo) / scale, 0, 1)
         if invert:
             norm = 1 - norm
+        if factor > 1:
+            from skimage.transform import downscale_local_mean
+
+            norm = downscale_local_mean(norm, (factor, factor))
+        s_lo, s_hi = min_sigma / factor, max_sigma / factor
         if method == "dog":
-            blobs = blob_dog(norm, min_sigma=min_sigma, max_sigma=max_sigma, threshold=threshold, overlap=overlap,
+            blobs = blob_dog(norm, min_sigma=s_lo, max_sigma=s_hi, threshold=threshold, overlap=overlap,
                              exclude_border=False)
         else:
-            blobs = blob_log(norm, min_sigma=min_sigma, max_sigma=max_sigma, num_sigma=5, threshold=threshold,
+            blobs = blob_log(norm, min_sigma=s_lo, max_sigma=s_hi, num_sigma=5, threshold=threshold,
                              overlap=overlap, exclude_border=False)
-        return blobs[:, :2].astype(np.float64) if len(blobs) else np.zeros((0, 2))
+        if not len(blobs):
+            return np.zeros((0, 2))
+        return (blobs[:, :2].astype(np.float64) + 0.5) * factor
 
     if h <= tile and w <= tile:
         pts = detect(np.asarray(plane[:, :]))
@@ -307,7 +319,7 @@ def detect_nuclei(
         pts = np.concatenate(found) if found else np.zeros((0, 2))
     if len(pts):
         pts = pts[np.lexsort((pts[:, 1], pts[:, 0]))]
-    return (pts + 0.5).astype(np.float32)
+    return pts.astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------
