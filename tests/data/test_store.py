@@ -126,6 +126,15 @@ def test_store_pickles_and_caches_points(tmp_path):
     assert store.points_provenance("a", "mine") == {"why": "again"}
     assert store.point_sources("a") == ["centroids", "mine"]
     assert not [p for p in (tmp_path / "s.zarr/images/a/points").iterdir() if p.name.startswith(".tmp")]
+    # the direct chunk reader agrees with zarr, also for empty and all-zero sets
+    import zarr
+
+    store.write_points("a", "zero", np.zeros((1, 2), np.float32), {})
+    store.write_points("a", "empty", np.zeros((0, 2), np.float32), {})
+    for name in ("mine", "zero", "empty", "centroids"):
+        via_zarr = zarr.open_array(str(tmp_path / "s.zarr/images/a/points" / name), mode="r")[...]
+        np.testing.assert_array_equal(store.points("a", name), via_zarr)
+    assert store.points("a", "empty").shape == (0, 2) and store.points("a", "nothing") is None
 
 
 def test_large_tiff_is_copied_lazily(tmp_path, monkeypatch):
