@@ -252,11 +252,13 @@ class Predictor:
         return view
 
     def iter_tiles(
-        self, image: Any, progress: Callable[[int, int], None] | None = None
+        self, image: Any, progress: Callable[[int, int], None] | None = None, binary: bool = False
     ) -> Iterator[tuple[int, Tile, Instances]]:
         """Yield (tile index, tile, instances it owns) with instances in original image coordinates.
 
-        ``progress(done, total)`` is called after each batch of tiles.
+        ``progress(done, total)`` is called after each batch of tiles. With ``binary`` the masks are
+        thresholded at ``mask_threshold`` (bool, a quarter of the memory) as soon as they are in
+        original coordinates.
         """
         view = self._view(image)
         _, h, w = view.shape
@@ -279,6 +281,8 @@ class Predictor:
             for k, (tile, inst) in enumerate(zip(group, results, strict=True)):
                 self._check_overlap(inst)
                 inst = rescale_instances(inst, oh / th, ow / tw, (th, tw)).shift(tile.y0, tile.x0, (h, w))
+                if binary:
+                    inst.masks = inst.masks >= self.mask_threshold
                 keep = torch.from_numpy(in_core(inst.locations.numpy(), tile, tol if len(tiles) > 1 else 0.0))
                 yield b0 + k, tile, inst if bool(keep.all()) else inst.select(keep)
             done += len(group)
@@ -334,7 +338,7 @@ class Predictor:
             min_area=self.min_area,
             dedup_distance=self.dedup_distance / self.scale,
         )
-        for index, _tile, inst in self.iter_tiles(view, progress):
+        for index, _tile, inst in self.iter_tiles(view, progress, binary=True):
             if len(inst):
                 stitcher.add(
                     inst.scores.numpy(),

@@ -348,15 +348,16 @@ class LabelStitcher:
         if not keep.any():
             return 0
         scores, locations = scores[keep], np.asarray(locations, np.float32)[keep]
-        masks, origins = np.asarray(masks)[keep], np.asarray(origins, np.int64)[keep]
+        masks = np.asarray(masks)
+        binary = (masks if masks.dtype == bool else masks >= self.mask_threshold)[keep]  # bool: 4x less memory
+        origins = np.asarray(origins, np.int64)[keep]
         h, w = self.shape
-        s_h, s_w = masks.shape[1:]
+        s_h, s_w = binary.shape[1:]
         # clip every crop to the image, drop those that are empty or too small there
         ya = np.clip(origins[:, 0], 0, h)
         yb = np.clip(origins[:, 0] + s_h, 0, h)
         xa = np.clip(origins[:, 1], 0, w)
         xb = np.clip(origins[:, 1] + s_w, 0, w)
-        binary = masks >= self.mask_threshold if masks.dtype != bool else masks
         areas = np.array(
             [
                 binary[
