@@ -134,3 +134,35 @@ def test_empty_image_gives_empty_results():
     flat = np.zeros((100, 130), np.uint8)
     assert pred.predict(flat).max() == 0
     assert len(pred.predict_instances(flat)) == 0
+
+
+class CountingArray:
+    """A lazy (C, H, W) array that records the size of every region read from it."""
+
+    def __init__(self, array):
+        self.array = array
+        self.shape = array.shape
+        self.dtype = array.dtype
+        self.reads = []
+
+    def __getitem__(self, index):
+        out = self.array[index]
+        self.reads.append(out.size)
+        return out
+
+
+def test_large_input_is_read_tile_by_tile_into_a_zarr_label_array(tmp_path, discs, monkeypatch):
+    import zarr
+
+    from weakseg.inference import tiling
+
+    image, truth = discs
+    monkeypatch.setattr(tiling, "BAND_PIXELS", 20_000)
+    lazy = CountingArray(image)
+    out = zarr.create_array(tmp_path / "labels.zarr", shape=truth.shape, chunks=(128, 128), dtype="int32", fill_value=0)
+    pred = Predictor(BlobModel(), tile_size=160, overlap=64)
+    labels, table = pred.predict_labels(lazy, out=out)
+    assert labels is out and len(table.scores) == truth.max()
+    assert same_partition(np.asarray(out[:]), truth)
+    assert max(lazy.reads) <= max(160 * 160, 20_000 + 700)  # never the whole image at once
+    assert sum(lazy.reads) < 4 * image.size
