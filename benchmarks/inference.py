@@ -11,6 +11,7 @@ Cases (each in a fresh subprocess, so peak RSS belongs to that case alone):
   ``torch.utils.flop_counter.FlopCounterMode``, achieved GFLOP/s and peak RSS.
 - ``agreement``: bf16 vs fp32 on the same image: AP50 of the bf16 label image against the fp32
   one (a proxy until a trained model is at hand; random weights).
+- ``gpu`` (when CUDA is there): images/s at 520 x 704, bf16, batches of 8/16/32, 300 crops each.
 - ``large``: a 10000 x 10000 uint16 TIFF (memory-mapped) predicted tile by tile into an int32 label
   image with a smaller model (ConvNeXt-atto, FPN 64, LACSS head with 2 conv layers per head):
   peak RSS and megapixels per second.
@@ -240,6 +241,42 @@ def case_large(size: int, threads: int, tile: int, batch: int) -> dict[str, Any]
     }
 
 
+def case_gpu(batch_sizes: tuple[int, ...] = (8, 16, 32), detections: int = 300) -> dict[str, Any]:
+    """Images/s at 520 x 704 with bf16 batch inference on CUDA (the paper: 11.6 images/s on a V100)."""
+    import torch
+
+    from weakseg.data.normalize import standardize
+    from weakseg.inference.predictor import Predictor
+
+    if not torch.cuda.is_available():
+        return {"case": "gpu", "skipped": "CUDA is not available"}
+    model = build_principal("convnext_small", {"max_detections": detections, "min_score": 0.0})
+    images = [test_image((520, 704), seed=k) for k in range(max(batch_sizes))]
+    out: dict[str, Any] = {"case": "gpu", "device": torch.cuda.get_device_name(), "detections": detections}
+    for bs in batch_sizes:
+        pred = Predictor(model, precision="bf16", device="cuda", batch_size=bs)
+        x = torch.stack([torch.from_numpy(standardize(im)) for im in images[:bs]]).cuda()
+
+        def model_only(x: Any = x) -> None:
+            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+                model.predict(x)
+
+        def end_to_end(pred: Any = pred, batch: list[Any] = images[:bs]) -> None:
+            pred.predict_batch(batch)
+
+        for fn, name in ((model_only, "model"), (end_to_end, "end_to_end")):
+            fn()
+            torch.cuda.synchronize()
+            n = 5
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            torch.cuda.synchronize()
+            out[f"images_per_s_{name}_batch{bs}"] = round(n * bs / (time.perf_counter() - t0), 1)
+    out["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return out
+
+
 def run_case(argv: list[str]) -> dict[str, Any]:
     """Run one case in a fresh interpreter; returns its JSON result."""
     cmd = [sys.executable, __file__, "--one", *argv]
@@ -251,7 +288,9 @@ def run_case(argv: list[str]) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", default="paper,agreement,large", help="comma-separated: paper, agreement, large")
+    parser.add_argument(
+        "--cases", default="paper,agreement,large", help="comma-separated: paper, agreement, large, gpu"
+    )
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--large-size", type=int, default=10000)
@@ -266,6 +305,8 @@ def main() -> None:
             result = case_paper(int(rest[0]), rest[1], args.repeats, args.threads)
         elif kind == "agreement":
             result = case_agreement(args.threads)
+        elif kind == "gpu":
+            result = case_gpu()
         else:
             result = case_large(args.large_size, args.threads, args.large_tile, args.large_batch)
         print(json.dumps(result))
@@ -280,6 +321,9 @@ def main() -> None:
                 print(json.dumps(results[-1]), flush=True)
     if "agreement" in cases:
         results.append(run_case(["agreement", *common]))
+        print(json.dumps(results[-1]), flush=True)
+    if "gpu" in cases:
+        results.append(run_case(["gpu"]))
         print(json.dumps(results[-1]), flush=True)
     if "large" in cases:
         extra = ["--large-size", str(args.large_size), "--large-tile", str(args.large_tile)]
