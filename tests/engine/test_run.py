@@ -128,3 +128,16 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(tiny_plugin, make_reci
     (run,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     assert run.info.run_id == ckpt.run_id == final.run_id and run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == list(range(1, 11))
+
+
+def test_split_without_ground_truth_trains_without_evaluation(tiny_plugin, make_recipe, output_dir):
+    import attrs
+
+    from weakseg.engine.run import run_recipe
+
+    recipe = make_recipe(steps=2, eval_every=1)
+    recipe = recipe.evolve(eval=attrs.evolve(recipe.eval, split="test"))
+    with pytest.warns(UserWarning, match=r"recipe.eval.split: store .* has no 'test' images \(splits: train, val\)"):
+        result = run_recipe(recipe, output=output_dir, progress=False)
+    assert result.step == 2 and result.metrics == {}
+    assert not (output_dir / "tiny" / "eval").exists()

@@ -114,6 +114,11 @@ def make_evaluator(recipe: Any, run_dir: Path, tracker: Any, device: Any) -> Any
     except ImportError as exc:
         warnings.warn(f"evaluation is unavailable ({exc}); training runs without it", stacklevel=2)
         return None
+    problem = _eval_split_problem(recipe)
+    if problem:
+        # point-only data is a legitimate setting: train, but say clearly why nothing is scored
+        warnings.warn(f"recipe.eval.split: {problem}; the run trains without evaluation", stacklevel=2)
+        return None
     prefix = recipe.eval.split
 
     def evaluate(strategy: Any, step: int) -> dict[str, float]:
@@ -141,6 +146,20 @@ def make_evaluator(recipe: Any, run_dir: Path, tracker: Any, device: Any) -> Any
         return result.flat(prefix)
 
     return evaluate
+
+
+def _eval_split_problem(recipe: Any) -> str | None:
+    """Why ``recipe.eval.split`` cannot be scored (no images, no ground-truth masks), or None."""
+    from weakseg.data.store import open_store
+
+    store = open_store(recipe.data.store)
+    infos = store.select(split=recipe.eval.split, groups=recipe.data.groups)
+    splits = sorted({i.split for i in store.images})
+    if not infos:
+        return f"store {recipe.data.store} has no {recipe.eval.split!r} images (splits: {', '.join(splits)})"
+    if not any(i.has_labels for i in infos):
+        return f"the {recipe.eval.split!r} images of {recipe.data.store} have no instance masks to score against"
+    return None
 
 
 def _write_panel(result: Any, strategy: Any, recipe: Any, path: Path, device: Any) -> Path | None:

@@ -40,9 +40,13 @@ from typing import Any
 
 import numpy as np
 
-#: MLflow limits (mlflow/utils/validation.py): params per batch, characters per param value.
+#: MLflow limits (mlflow/utils/validation.py): params / metrics per batch, characters per param value.
 PARAMS_PER_BATCH = 100
+METRICS_PER_BATCH = 1000
 MAX_PARAM_CHARS = 6000
+#: Metrics are buffered and written at most this often (a SQLite write costs ~5-50 ms), and on
+#: ``flush()`` / ``finish()``; each point keeps its own step and timestamp.
+FLUSH_SECONDS = 5.0
 _BAD_KEY_CHARS = re.compile(r"[^/\w.\- ]")
 
 
@@ -137,6 +141,9 @@ class NullTracker:
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         pass
 
+    def flush(self) -> None:
+        pass
+
     def set_tags(self, tags: Mapping[str, str]) -> None:
         pass
 
@@ -165,6 +172,8 @@ class MlflowTracker(NullTracker):
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self._warned = False
+        self._pending: list[Any] = []
+        self._last_flush = time.monotonic()
 
     @classmethod
     def open(
@@ -224,9 +233,16 @@ class MlflowTracker(NullTracker):
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(metric_key(k), float(v), now, int(step)) for k, v in metrics.items()]
-        for i in range(0, len(items), 1000):
-            self._guard("log metrics", self.client.log_batch, self.run_id, metrics=items[i : i + 1000])
+        self._pending += [Metric(metric_key(k), float(v), now, int(step)) for k, v in metrics.items()]
+        if len(self._pending) >= METRICS_PER_BATCH or time.monotonic() - self._last_flush >= FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered metric points."""
+        items, self._pending = self._pending, []
+        self._last_flush = time.monotonic()
+        for i in range(0, len(items), METRICS_PER_BATCH):
+            self._guard("log metrics", self.client.log_batch, self.run_id, metrics=items[i : i + METRICS_PER_BATCH])
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -256,6 +272,7 @@ class MlflowTracker(NullTracker):
             self.log_artifact(path, folder or None)
 
     def finish(self, status: str = "FINISHED") -> None:
+        self.flush()
         self._guard("close the run", self.client.set_terminated, self.run_id, status=status)
 
 

@@ -350,6 +350,8 @@ class Trainer:
             path = self.checkpoints.save(payload, self.step)
             self.last_checkpoint = path
             self._last_saved_step = self.step
+        if self.ctx.is_main:
+            self.tracker.flush()  # metrics up to the checkpoint are on disk with it
         self.ctx.barrier()
         return path
 
@@ -415,7 +417,8 @@ class Trainer:
         t_start = time.perf_counter()
         model = wrap(self.strategy, self.ctx, find_unused_parameters=cfg.find_unused_parameters)
         model.train()
-        progress = Progress(total, start, enabled=self.progress_enabled, line_every=max(cfg.checkpoint_every, 1))
+        line_every = cfg.checkpoint_every if cfg.checkpoint_every > 0 else max(total // 20, 1)
+        progress = Progress(total, start, enabled=self.progress_enabled, line_every=line_every)
         clip = cfg.grad_clip if cfg.grad_clip else float("inf")
         params = [p for p in self.strategy.parameters() if p.requires_grad]
         sums: dict[str, float] = {}
