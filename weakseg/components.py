@@ -80,7 +80,11 @@ class PrincipalModel(Protocol):
 
 @attrs.frozen
 class ImageRecord:
-    """One image an importer found: arrays are loaded lazily through the callables."""
+    """One image an importer found: arrays are loaded lazily through the callables.
+
+    A loader may return a numpy array or a lazy array-like (``shape``, ``dtype`` and slicing: a
+    tifffile/zarr view or a dask array), so that images larger than memory are written region by region.
+    """
 
     image_id: str
     source: str  # original file(s), for messages and metadata

@@ -52,8 +52,8 @@ class ComponentSpec:
 
     @classmethod
     def of(cls, name: str, **kwargs: Any) -> ComponentSpec:
-        """Make a spec in code: ``LossSpec.of("linear")``; validates like a recipe would."""
-        return converter.structure({"type": name, **kwargs}, cls)
+        """Make a spec in code: ``LossSpec.of("linear")``; validates like a recipe would (RecipeError)."""
+        return structure({"type": name, **kwargs}, cls, root=f"{cls.kind}[{name!r}]")
 
 
 class BackboneSpec(ComponentSpec):

@@ -70,11 +70,13 @@ def _first_line(text: str | None) -> str:
 
 
 def close_matches(word: str, candidates: list[str]) -> str:
-    """Return "; did you mean 'x'?" (or "'x' or 'y'") for close candidates, else ""."""
-    hits = difflib.get_close_matches(word, candidates, n=3, cutoff=0.6)
+    """Return "; did you mean 'x'?" for the closest candidate (several only when tied), else ""."""
+    hits = difflib.get_close_matches(word, candidates, n=5, cutoff=0.6)
     if not hits:
         return ""
-    return "; did you mean " + " or ".join(repr(h) for h in hits) + "?"
+    ratio = [difflib.SequenceMatcher(None, word, h).ratio() for h in hits]
+    best = [h for h, r in zip(hits, ratio) if r >= max(ratio) - 1e-9]
+    return "; did you mean " + " or ".join(repr(h) for h in best) + "?"
 
 
 class Registry:
