@@ -5,10 +5,12 @@ normalised response is largest there, if that response reaches ``response_thresh
 
 - ``lite``: a cell is its assigned pixels; keep the component nearest the peak, fill holes.
 - ``graphcut`` (the paper): per cell, a two-label graph cut whose foreground seeds are the cell's
-  own strongly assigned pixels and whose background seeds are the other cells' pixels; keep the
+  own strongly assigned pixels and whose background seeds are the other cells' pixels (and, a
+  departure from the paper, pixels no cell responds to at all, ``empty_threshold``); keep the
   component nearest the peak, dilate (disk 2), fill holes, erode (disk 1); where two cells claim
   a pixel it goes to the nearer peak. To bound the cost, each cut runs in the bounding box of the
-  cell's seeds grown by ``margin`` px, whose frame is background (the paper cut the whole image).
+  cell's seeds grown by ``margin`` px, whose frame (where it is not the image border) is background
+  (the paper cut the whole image).
 """
 
 from __future__ import annotations
@@ -128,10 +130,7 @@ def label_cells_graphcut(
         if params.empty_threshold > 0:
             bg |= best[roi] < params.empty_threshold
         bg &= ~fg
-        frame = np.zeros(fg.shape, bool)
-        frame[[0, -1], :] = True
-        frame[:, [0, -1]] = True
-        bg |= frame & ~fg
+        bg |= _inner_frame(roi, shape) & ~fg
         cut = binary_graphcut(fg, bg, edges[0][roi], edges[1][roi], pairwise_weight=params.pairwise_weight,
                               bias=params.bias)
         local = (locations[k][0] - roi[0].start, locations[k][1] - roi[1].start)
@@ -144,6 +143,21 @@ def label_cells_graphcut(
             continue
         _paste_nearer(labels, roi, cell, k, locations)
     return _clean_connectivity(labels, locations)
+
+
+def _inner_frame(roi: tuple[slice, slice], shape: tuple[int, int]) -> np.ndarray:
+    """The ROI's outermost rows/columns, except those lying on the image border (a cell may touch it)."""
+    ys, xs = roi
+    frame = np.zeros((ys.stop - ys.start, xs.stop - xs.start), bool)
+    if ys.start > 0:
+        frame[0, :] = True
+    if ys.stop < shape[0]:
+        frame[-1, :] = True
+    if xs.start > 0:
+        frame[:, 0] = True
+    if xs.stop < shape[1]:
+        frame[:, -1] = True
+    return frame
 
 
 def _paste_nearer(

@@ -81,7 +81,7 @@ class NishimuraConfig:
     #: by edge_smooth px first. Potts weight, background bias per pixel, ROI margin around each cell.
     edge_weights: Literal["contrast", "intensity"] = "contrast"
     edge_beta: float | None = None
-    edge_smooth: float = attrs.field(default=1.0, validator=_non_negative)
+    edge_smooth: float = attrs.field(default=0.0, validator=_non_negative)
     pairwise_weight: float = attrs.field(default=20.0, validator=_non_negative)
     unary_bias: float = attrs.field(default=2e-4, validator=_non_negative)
     graphcut_margin: int = attrs.field(default=16, validator=_non_negative)
@@ -122,8 +122,10 @@ class SeededWatershedConfig:
     smooth_sigma: float = attrs.field(default=1.0, validator=_non_negative)
     #: Local standard deviation window (px) for phase contrast / bright field.
     texture_window: int = attrs.field(default=9, validator=_positive)
-    #: Foreground clean-up: remove objects and fill holes smaller than this (px).
+    #: Foreground clean-up: remove objects up to min_size px, fill holes up to max_hole_size px
+    #: (phase-contrast texture marks mostly the cell outline).
     min_size: int = attrs.field(default=30, validator=_non_negative)
+    max_hole_size: int = attrs.field(default=5000, validator=_non_negative)
     #: Watershed surface: distance transform of the foreground, or the (smoothed) intensity.
     surface: Literal["distance", "intensity"] = "distance"
     compactness: float = attrs.field(default=0.0, validator=_non_negative)

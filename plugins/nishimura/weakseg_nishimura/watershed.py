@@ -17,7 +17,7 @@ import torch
 from scipy import ndimage as ndi
 from skimage.feature import blob_log, peak_local_max
 from skimage.filters import gaussian, threshold_otsu
-from skimage.morphology import remove_small_holes, remove_small_objects
+from skimage.morphology import remove_small_objects
 from skimage.segmentation import watershed
 from torch import nn
 
@@ -56,8 +56,22 @@ def foreground_mask(intensity: np.ndarray, cfg: SeededWatershedConfig) -> np.nda
     fg = feature > threshold_otsu(feature)
     if cfg.min_size > 0:
         fg = remove_small_objects(fg, max_size=cfg.min_size)
-        fg = remove_small_holes(fg, max_size=cfg.min_size * 10)
+    if cfg.max_hole_size > 0:
+        fg = fill_holes(fg, cfg.max_hole_size)
     return fg
+
+
+def fill_holes(mask: np.ndarray, max_size: int) -> np.ndarray:
+    """Fill background components of at most ``max_size`` px that do not touch the image border."""
+    holes, n = ndi.label(~mask)
+    if n == 0:
+        return mask
+    sizes = np.bincount(holes.ravel(), minlength=n + 1)
+    border = np.unique(np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]]))
+    fill = sizes <= max_size
+    fill[0] = False
+    fill[border] = False
+    return mask | fill[holes]
 
 
 def own_seeds(image: np.ndarray, fg: np.ndarray, cfg: SeededWatershedConfig) -> np.ndarray:
