@@ -44,9 +44,11 @@ class BiasOnlyInstanceNorm(nn.Module):
         self.channels = channels
         self.eps = eps
         self.bias = nn.Parameter(torch.zeros(channels))
+        # a fixed unit scale: group_norm's backward fails for bf16 inputs when weight is None (torch 2.x)
+        self.register_buffer("scale", torch.ones(channels), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.group_norm(x, self.channels, None, self.bias, self.eps)
+        return F.group_norm(x, self.channels, self.scale, self.bias, self.eps)
 
 
 def conv_norm_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:

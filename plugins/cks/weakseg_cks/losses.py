@@ -23,6 +23,13 @@ gathered back with one index. Every loss returns the mean over the images it is 
 per-image value, so ``images=`` selects e.g. the point-labelled images of a mixed batch.
 
 All maths runs in float32, whatever precision the models ran in.
+
+Call protocol (what a strategy passes; a third-party loss registered for the same ``role`` must
+accept the same arguments): ``role = "foreground"``: ``(fg_logits, logits, geom, prior, images)``;
+``"instance"``: ``(logits, geom, fg_logits, hard=..., images=...)``; ``"border"``:
+``(logits, geom, border_logits, images)``; ``"collapse"``: ``(logits, geom, images)``. ``logits``
+(M, S, S) are the principal's crop logits, ``fg_logits`` / ``border_logits`` (B, H, W) the
+collaborator's, ``geom`` a :class:`CropGeometry`, ``images`` an optional (B,) bool selection.
 """
 
 from __future__ import annotations
@@ -160,6 +167,8 @@ class ForegroundConsistency(nn.Module):
     against the hard label g >= 0.5), the ablation of Table V. Gradients reach the collaborator only.
     """
 
+    role = "foreground"
+
     def __init__(self, kind: Literal["linear", "cross_entropy"] = "linear") -> None:
         super().__init__()
         if kind not in ("linear", "cross_entropy"):
@@ -215,6 +224,8 @@ class InstanceConsistency(nn.Module):
     against the hard collaborator label (Table V, "principal model: entropy"). Updates the principal only.
     """
 
+    role = "instance"
+
     def __init__(self, cross_entropy: bool = False, overlap_weight: float = 1.0) -> None:
         super().__init__()
         self.cross_entropy = cross_entropy
@@ -268,6 +279,8 @@ def principal_border_map(logits: torch.Tensor, geom: CropGeometry) -> torch.Tens
 class BorderConsistency(nn.Module):
     """L_B (eq. 10): 1/2 (e - B_p)^2 over crop-covered pixels; updates both models (no stop-gradient)."""
 
+    role = "border"
+
     def forward(
         self,
         logits: torch.Tensor,
@@ -290,6 +303,8 @@ class BorderConsistency(nn.Module):
 
 class CollapsePenalty(nn.Module):
     """L_MC: w * mean_i S / sqrt(max(A_i, eps)), A_i = crop mass inside the image; updates the principal."""
+
+    role = "collapse"
 
     def __init__(self, weight: float = 0.01) -> None:
         super().__init__()

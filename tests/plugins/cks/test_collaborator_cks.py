@@ -108,3 +108,12 @@ def test_bad_widths_are_a_recipe_error():
         structure({"type": "cks", "foreground_widths": [16, 0]}, CollaboratorSpec)
     with pytest.raises(RecipeError, match="a4"):
         structure({"type": "cks", "foreground": "a4"}, CollaboratorSpec)
+
+
+def test_trains_under_bf16_autocast():
+    collab = build_collaborator(1, 2)
+    image = torch.randn(1, 1, 20, 24)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = collab(image, torch.tensor([1]))
+    (out.foreground.float().sum() + out.border.float().sum()).backward()
+    assert all(p.grad is not None for p in collab.parameters())

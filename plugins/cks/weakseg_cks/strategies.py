@@ -1,0 +1,406 @@
+"""The CKS strategies: ``cks`` (points), ``supervised`` (masks) and ``mixed`` (both, in one run).
+
+Yu, "Point-supervised Single-cell Segmentation via Collaborative Knowledge Sharing", Sec. III-E:
+the principal model learns from L_det + L_S + L_B + L_MC, the collaborator from L_M + L_B, all
+weights 1, one optimiser over both (reference implementation, notes sec. 3-4). Which model each
+loss updates is fixed by the stop-gradients inside :mod:`weakseg_cks.losses`; the engine simply
+back-propagates the sum of the named losses returned by ``forward``.
+
+- ``cks``: point labels only. A warm-up phase (default 10 % of the steps) uses a near-flat prior
+  (sigma 100, pi 1), hard collaborator labels and the log overlap penalty; then the soft phase
+  with the configured prior (pi 2, sigma 20 or per group).
+- ``supervised``: instance masks, the same principal model: BCE on each instance crop against its
+  own mask (K/N normalisation) plus the detection loss at the mask centroids; the upper bound.
+- ``mixed``: images with masks get the supervised terms (and the collaborator foreground a BCE
+  against the union of the masks), images with points only get the CKS terms.
+
+The named losses: ``detection`` (L_det), ``foreground`` (L_M), ``instance`` (L_S), ``border`` (L_B),
+``collapse`` (L_MC), ``mask`` (supervised BCE), ``foreground_supervised`` (collaborator BCE).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from weakseg.components import Batch, DataSummary, Phase
+from weakseg.errors import DataError, RecipeError
+from weakseg.registry import close_matches
+from weakseg.strategy import StrategyModule
+from weakseg_cks.losses import (
+    SupervisedInstanceLoss,
+    crop_geometry,
+    gaussian_prior,
+    mask_centroids,
+    supervised_foreground_loss,
+)
+
+_TRAINING_API = ("forward_train", "detection_loss", "training_locations", "segment", "predict")
+
+
+# --------------------------------------------------------------------------------------------
+# building blocks from the recipe
+# --------------------------------------------------------------------------------------------
+
+
+def build_principal(recipe: Any, data: DataSummary, strategy: str) -> nn.Module:
+    """The principal model of ``recipe.model`` (backbone + head), checked for the training API."""
+    if recipe.model is None:
+        raise RecipeError(
+            f"recipe.model: strategy {strategy!r} trains a principal model but the recipe has no `model:` "
+            "section; add e.g. `model: {backbone: {type: convnext_small}, head: {type: lacss}}`"
+        )
+    backbone = recipe.model.backbone.build(in_channels=data.in_channels)
+    principal = recipe.model.head.build(backbone=backbone, in_channels=data.in_channels)
+    missing = [name for name in _TRAINING_API if not callable(getattr(principal, name, None))]
+    if missing or not isinstance(principal, nn.Module):
+        raise RecipeError(
+            f"recipe.model.head: principal head {recipe.model.head.type!r} cannot be trained by strategy "
+            f"{strategy!r}: it lacks the training API ({', '.join(missing) or 'not a torch module'}); "
+            "use head type 'lacss'"
+        )
+    return principal
+
+
+def build_collaborator(recipe: Any, data: DataSummary, strategy: str) -> nn.Module:
+    """The collaborator of ``recipe.collaborator``."""
+    if recipe.collaborator is None:
+        raise RecipeError(
+            f"recipe.collaborator: strategy {strategy!r} needs a collaborator model; add e.g. "
+            "`collaborator: {type: cks}` (see `weakseg plugins` for the registered collaborators)"
+        )
+    return recipe.collaborator.build(in_channels=data.in_channels, n_groups=data.n_groups)
+
+
+def build_loss(spec: Any, role: str, key: str) -> nn.Module:
+    """Build a registered consistency loss and check that it plays ``role``."""
+    loss = spec.build()
+    got = getattr(loss, "role", None)
+    if got != role:
+        from weakseg.plugins import registries
+
+        fitting = [
+            e.name for e in registries().consistency_losses if getattr(_peek_role(e.config_cls), "role", None) == role
+        ]
+        raise RecipeError(
+            f"recipe.strategy.{key}: consistency loss {spec.type!r} is a {got or 'unknown'} loss, "
+            f"but this key takes a {role} loss (one of: {', '.join(fitting)})"
+        )
+    return loss
+
+
+def _peek_role(config_cls: type) -> Any:
+    try:
+        return config_cls().build()
+    except Exception:  # noqa: BLE001 - a config that needs arguments simply is not listed
+        return None
+
+
+def sigma_table(sigma: float | dict[str, float], data: DataSummary) -> list[float]:
+    """The prior sigma of each group index, from one number or ``{group name: sigma, default: sigma}``."""
+    names = list(data.group_names)
+    if len(names) < data.n_groups:
+        names += [f"group{k}" for k in range(len(names), data.n_groups)]
+    if not isinstance(sigma, dict):
+        return [float(sigma)] * max(len(names), 1)
+    unknown = [k for k in sigma if k != "default" and k not in names]
+    if unknown:
+        raise RecipeError(
+            f"recipe.strategy.sigma: unknown group {unknown[0]!r}{close_matches(unknown[0], names)} "
+            f"(the training data has groups: {', '.join(names)}; `default` covers the rest)"
+        )
+    table = []
+    for name in names:
+        if name in sigma:
+            table.append(sigma[name])
+        elif "default" in sigma:
+            table.append(sigma["default"])
+        else:
+            raise RecipeError(f"recipe.strategy.sigma: no sigma for group {name!r}; give one per group or a `default`")
+    return table or [float(sigma.get("default", 20.0))]
+
+
+def warmup_length(config: Any, recipe: Any) -> int:
+    if config.warmup_steps is not None:
+        if config.warmup_steps < 0:
+            raise RecipeError(f"recipe.strategy.warmup_steps must be >= 0, got {config.warmup_steps}")
+        return int(config.warmup_steps)
+    return int(round(config.warmup_fraction * recipe.train.steps))
+
+
+def points_on(image: torch.Tensor, points: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Point sets as float (N, 2) tensors on the image's device, non-finite rows dropped."""
+    out = []
+    for p in points:
+        p = torch.as_tensor(p, device=image.device).float().reshape(-1, 2)
+        out.append(p[torch.isfinite(p).all(1)])
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# strategies
+# --------------------------------------------------------------------------------------------
+
+
+class PrincipalStrategy(StrategyModule):
+    """Common parts: the principal model (``principal()``) and an optional collaborator (``panel``)."""
+
+    def __init__(self, principal: nn.Module, collaborator: nn.Module | None = None) -> None:
+        super().__init__()
+        self.principal_model = principal
+        self.collaborator = collaborator
+
+    def principal(self) -> nn.Module:
+        return self.principal_model
+
+    def _group(self, batch: Batch) -> torch.Tensor:
+        group = torch.as_tensor(batch.group, device=batch.image.device).long().reshape(-1)
+        if group.numel() != batch.image.shape[0]:
+            group = torch.zeros(batch.image.shape[0], dtype=torch.long, device=batch.image.device)
+        return group
+
+    @torch.no_grad()
+    def panel(self, image: torch.Tensor, group: int = 0) -> dict[str, np.ndarray]:
+        """The collaborator's foreground and border probabilities (H, W) for one standardised image."""
+        if self.collaborator is None:
+            return {}
+        x = torch.as_tensor(image)
+        x = x[None] if x.ndim == 3 else x[:1]
+        param = next(self.collaborator.parameters())
+        x = x.to(device=param.device, dtype=param.dtype)
+        g = torch.full((1,), int(group), dtype=torch.long, device=x.device)
+        was_training = self.collaborator.training
+        self.collaborator.eval()
+        try:
+            out = self.collaborator(x, g)
+        finally:
+            self.collaborator.train(was_training)
+        return {
+            "collaborator_foreground": torch.sigmoid(out.foreground[0].float()).cpu().numpy(),
+            "collaborator_border": torch.sigmoid(out.border[0].float()).cpu().numpy(),
+        }
+
+    def _segment(self, batch: Batch, points: list[torch.Tensor], use_detections: bool):
+        """Principal forward, detection loss at ``points`` and the instance crops (+ their geometry)."""
+        model = self.principal_model
+        out = model.forward_train(batch.image)
+        detection = model.detection_loss(out, points)
+        locations = model.training_locations(out, points) if use_detections else points
+        crops = model.segment(out, locations)
+        b, _, h, w = batch.image.shape
+        geom = crop_geometry(crops.origins, crops.batch_index, (h, w), b, crops.crop_size)
+        return detection, crops, geom
+
+
+class CksStrategy(PrincipalStrategy):
+    """Collaborative Knowledge Sharing from point labels (``strategy: {type: cks}``)."""
+
+    def __init__(
+        self,
+        principal: nn.Module,
+        collaborator: nn.Module,
+        *,
+        consistency: nn.Module,
+        instance_loss: nn.Module,
+        border_loss: nn.Module,
+        collapse_loss: nn.Module,
+        sigma: Sequence[float],
+        pi: float = 2.0,
+        warmup_steps: int = 0,
+        warmup_sigma: float = 100.0,
+        warmup_pi: float = 1.0,
+        border_weight: float = 1.0,
+        use_detections: bool = True,
+    ) -> None:
+        super().__init__(principal, collaborator)
+        self.consistency = consistency
+        self.instance_loss = instance_loss
+        self.border_loss = border_loss
+        self.collapse_loss = collapse_loss
+        self.register_buffer("sigma", torch.tensor(list(sigma), dtype=torch.float32), persistent=False)
+        self.pi = float(pi)
+        self.warmup_steps = int(warmup_steps)
+        self.warmup_sigma = float(warmup_sigma)
+        self.warmup_pi = float(warmup_pi)
+        self.border_weight = float(border_weight)
+        self.use_detections = use_detections
+
+    def phases(self) -> list[Phase]:
+        if self.warmup_steps > 0:
+            return [Phase("warmup", 0), Phase("main", self.warmup_steps)]
+        return [Phase("main", 0)]
+
+    def in_warmup(self, step: int) -> bool:
+        return step < self.warmup_steps
+
+    def prior(self, crops: Any, geom: Any, group: torch.Tensor, warm: bool) -> torch.Tensor | None:
+        """The Gaussian prior logit offset of each crop (M, S, S), or None when pi = 0."""
+        pi = self.warmup_pi if warm else self.pi
+        if pi == 0:
+            return None
+        if warm:
+            sigma = torch.full((geom.n_instances,), self.warmup_sigma, device=group.device)
+        else:
+            table = self.sigma.to(group.device)
+            sigma = table[group.clamp(0, table.numel() - 1)][geom.batch_index]
+        return gaussian_prior(crops.crop_size, sigma, pi)
+
+    def cks_losses(
+        self,
+        crops: Any,
+        geom: Any,
+        collab: Any,
+        group: torch.Tensor,
+        step: int,
+        images: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """L_M, L_S, L_B, L_MC over the selected images (all by default)."""
+        warm = self.in_warmup(step)
+        logits = crops.logits
+        return {
+            "foreground": self.consistency(
+                collab.foreground, logits, geom, self.prior(crops, geom, group, warm), images
+            ),
+            "instance": self.instance_loss(logits, geom, collab.foreground, hard=warm, images=images),
+            "border": self.border_weight * self.border_loss(logits, geom, collab.border, images),
+            "collapse": self.collapse_loss(logits, geom, images),
+        }
+
+    def forward(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
+        points = points_on(batch.image, batch.points)
+        detection, crops, geom = self._segment(batch, points, self.use_detections)
+        group = self._group(batch)
+        collab = self.collaborator(batch.image, group)
+        return {"detection": detection, **self.cks_losses(crops, geom, collab, group, step)}
+
+
+def _mask_targets(batch: Batch, strategy: str, required: bool) -> tuple[list, list, torch.Tensor]:
+    """Per image: instance ids and centroids of its mask (None for images without masks), and labels (B, H, W)."""
+    b, _, h, w = batch.image.shape
+    ids: list[torch.Tensor | None] = []
+    cents: list[torch.Tensor | None] = []
+    labels = torch.zeros(b, h, w, dtype=torch.long, device=batch.image.device)
+    missing = []
+    for k, mask in enumerate(batch.masks):
+        if mask is None:
+            missing.append(batch.image_ids[k] if k < len(batch.image_ids) else f"#{k}")
+            ids.append(None)
+            cents.append(None)
+            continue
+        mask = torch.as_tensor(mask, device=batch.image.device).long()
+        if tuple(mask.shape) != (h, w):
+            raise DataError(
+                f"image {batch.image_ids[k] if k < len(batch.image_ids) else k}: mask shape {tuple(mask.shape)} "
+                f"does not match the image crop ({h}, {w})"
+            )
+        labels[k] = mask
+        i, c = mask_centroids(mask)
+        ids.append(i)
+        cents.append(c)
+    if required and missing:
+        raise DataError(
+            f"strategy {strategy!r} needs instance masks for every training image, but image(s) "
+            f"{', '.join(map(str, missing[:5]))} have none; use a store with labels (recipe.data.store) "
+            "or strategy 'cks' / 'mixed'"
+        )
+    return ids, cents, labels
+
+
+class SupervisedStrategy(PrincipalStrategy):
+    """Fully supervised principal model from instance masks (``strategy: {type: supervised}``)."""
+
+    def __init__(self, principal: nn.Module, *, use_detections: bool = True) -> None:
+        super().__init__(principal, None)
+        self.mask_loss = SupervisedInstanceLoss()
+        self.use_detections = use_detections
+
+    def forward(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
+        ids, cents, labels = _mask_targets(batch, "supervised", required=True)
+        detection, crops, geom = self._segment(batch, list(cents), self.use_detections)
+        instance_ids = torch.cat(ids) if ids else torch.zeros(0, dtype=torch.long, device=labels.device)
+        return {"detection": detection, "mask": self.mask_loss(crops.logits, geom, labels, instance_ids)}
+
+
+class MixedStrategy(CksStrategy):
+    """Masks where there are masks, points elsewhere, one run (``strategy: {type: mixed}``)."""
+
+    def __init__(self, *args: Any, supervise_collaborator: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.mask_loss = SupervisedInstanceLoss()
+        self.supervise_collaborator = supervise_collaborator
+
+    def forward(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
+        ids, cents, labels = _mask_targets(batch, "mixed", required=False)
+        points = points_on(batch.image, batch.points)
+        supervised = torch.tensor([c is not None for c in cents], device=batch.image.device)
+        targets = [c if c is not None else p for c, p in zip(cents, points, strict=True)]
+        detection, crops, geom = self._segment(batch, targets, self.use_detections)
+        group = self._group(batch)
+        collab = self.collaborator(batch.image, group)
+        instance_ids = (
+            torch.cat(
+                [
+                    i if i is not None else torch.zeros(len(p), dtype=torch.long, device=labels.device)
+                    for i, p in zip(ids, targets, strict=True)
+                ]
+            )
+            if targets
+            else torch.zeros(0, dtype=torch.long, device=labels.device)
+        )
+        losses = {"detection": detection}
+        losses["mask"] = self.mask_loss(crops.logits, geom, labels, instance_ids, images=supervised)
+        if self.supervise_collaborator:
+            losses["foreground_supervised"] = supervised_foreground_loss(collab.foreground, labels, images=supervised)
+        losses.update(self.cks_losses(crops, geom, collab, group, step, images=~supervised))
+        return losses
+
+
+# --------------------------------------------------------------------------------------------
+# factories called by the recipe configs (weakseg_cks.train_components)
+# --------------------------------------------------------------------------------------------
+
+
+def _cks_kwargs(config: Any, recipe: Any, data: DataSummary) -> dict[str, Any]:
+    from weakseg.recipe import LossSpec
+
+    return dict(
+        consistency=build_loss(config.consistency, "foreground", "consistency"),
+        instance_loss=build_loss(config.instance_loss, "instance", "instance_loss"),
+        border_loss=build_loss(LossSpec.of("border"), "border", "border"),
+        collapse_loss=build_loss(LossSpec.of("collapse", weight=config.collapse_weight), "collapse", "collapse"),
+        sigma=sigma_table(config.sigma, data),
+        pi=config.pi,
+        warmup_steps=warmup_length(config, recipe),
+        warmup_sigma=config.warmup_sigma,
+        warmup_pi=config.warmup_pi,
+        border_weight=config.border_weight,
+        use_detections=config.use_detections,
+    )
+
+
+def build_cks(config: Any, recipe: Any, data: DataSummary) -> CksStrategy:
+    kwargs = _cks_kwargs(config, recipe, data)
+    principal = build_principal(recipe, data, "cks")
+    collaborator = build_collaborator(recipe, data, "cks")
+    return CksStrategy(principal, collaborator, **kwargs)
+
+
+def build_supervised(config: Any, recipe: Any, data: DataSummary) -> SupervisedStrategy:
+    if not data.has_masks:
+        raise RecipeError(
+            "recipe.strategy: strategy 'supervised' needs instance masks, but the training split of "
+            "recipe.data.store has none; import labelled data or use strategy 'cks' (points only)"
+        )
+    principal = build_principal(recipe, data, "supervised")
+    return SupervisedStrategy(principal, use_detections=config.use_detections)
+
+
+def build_mixed(config: Any, recipe: Any, data: DataSummary) -> MixedStrategy:
+    kwargs = _cks_kwargs(config, recipe, data)
+    principal = build_principal(recipe, data, "mixed")
+    collaborator = build_collaborator(recipe, data, "mixed")
+    return MixedStrategy(principal, collaborator, supervise_collaborator=config.supervise_collaborator, **kwargs)
