@@ -188,6 +188,9 @@ class MlflowTracker(NullTracker):
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 
+        # MLflow's SQLAlchemy store emits deprecation warnings that mean nothing to a weakseg user
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"mlflow\.")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"sqlalchemy\.")
         uri = resolve_tracking_uri(recipe, output_dir)
         if uri.startswith("sqlite:///"):
             Path(uri[len("sqlite:///") :]).resolve().parent.mkdir(parents=True, exist_ok=True)

@@ -22,8 +22,9 @@ losses, back-propagates their sum and steps the optimizer. Around that it owns:
   the same step).
 - **periodic work**: losses every ``log_every`` steps (averaged over the interval), evaluation
   every ``eval_every`` steps, checkpoints every ``checkpoint_every`` steps and at the end.
-- **progress**: a rich progress bar with loss, throughput and ETA when stderr is a terminal; one
-  plain line per checkpoint interval otherwise (batch jobs keep readable logs).
+- **progress**: a rich progress bar with phase, loss, throughput and ETA when stderr is a terminal;
+  otherwise one plain line per checkpoint interval (batch-job logs stay short). ``WEAKSEG_PROGRESS=bar``
+  or ``=lines`` forces either; ``weakseg run --no-progress`` silences both.
 """
 
 from __future__ import annotations
@@ -175,6 +176,8 @@ class Progress:
         self.line_every = max(1, line_every)
         self._bar = None
         self._task = None
+        self._t0: float | None = None
+        self._s0 = start
         tty_env = os.environ.get("WEAKSEG_PROGRESS")
         use_bar = sys.stderr.isatty() if tty_env is None else tty_env == "bar"
         if enabled and use_bar:
@@ -200,9 +203,13 @@ class Progress:
         else:
             print(text, file=sys.stderr, flush=True)
 
-    def update(self, step: int, *, loss: float, phase: str, steps_per_s: float) -> None:
+    def update(self, step: int, *, loss: float, phase: str) -> None:
         if not self.enabled:
             return
+        now = time.perf_counter()
+        if self._t0 is None:  # the rate counts from the end of the first step (start-up excluded)
+            self._t0, self._s0 = now, step
+        steps_per_s = (step - self._s0) / (now - self._t0) if step > self._s0 else 0.0
         speed = f"{steps_per_s:.2f} it/s" if steps_per_s > 0 else ""
         if self._bar is not None:
             self._bar.update(self._task, completed=step, phase=phase, loss=f"{loss:.4g}", speed=speed)
@@ -425,7 +432,6 @@ class Trainer:
         n_sum = 0
         last_losses: dict[str, float] = {}
         t_log, step_log = time.perf_counter(), start
-        steps_per_s = 0.0
         stream = self.batches(start) if start < total else iter(())
         try:
             with _StopRequest() as stop:
@@ -480,7 +486,7 @@ class Trainer:
                         if self.ctx.is_main:
                             self.tracker.log_metrics(metrics, self.step)
                         sums, n_sum = {}, 0
-                    progress.update(self.step, loss=total_value, phase=self.phase, steps_per_s=steps_per_s)
+                    progress.update(self.step, loss=total_value, phase=self.phase)
 
                     # periodic evaluation; the final one is the caller's
                     eval_due = cfg.eval_every > 0 and self.step % cfg.eval_every == 0 and self.step < total
