@@ -198,14 +198,15 @@ def labels_to_instances(
     locations: torch.Tensor,
     scores: torch.Tensor,
     *,
+    size: int | None = None,
     min_crop: int = 8,
     min_area: int = 1,
 ) -> Instances:
     """Instances whose masks are square crops of ``labels`` (label k+1 = peak k) around each cell.
 
-    All crops of the image share one size S: the largest cell bounding-box side + 2 (at least
-    ``min_crop``), centred on each cell's box. Peaks whose cell is empty (or below ``min_area``
-    pixels) are dropped.
+    All crops of the image share one size S, centred on each cell's bounding box: ``size`` when
+    given (a cell larger than that is clipped to it), else the largest bounding-box side + 2 (at
+    least ``min_crop``). Peaks whose cell is empty (or below ``min_area`` pixels) are dropped.
     """
     from weakseg.nn.instances import Instances
 
@@ -216,7 +217,7 @@ def labels_to_instances(
     if not keep:
         return Instances.empty(shape, crop_size=min_crop, device=device)
     side = max(max(boxes[k][0].stop - boxes[k][0].start, boxes[k][1].stop - boxes[k][1].start) for k in keep)
-    s = max(min_crop, side + 2)
+    s = int(size) if size is not None else max(min_crop, side + 2)
     masks = np.zeros((len(keep), s, s), np.float32)
     origins = np.zeros((len(keep), 2), np.int64)
     for i, k in enumerate(keep):
@@ -224,8 +225,10 @@ def labels_to_instances(
         y0 = (sy.start + sy.stop) // 2 - s // 2
         x0 = (sx.start + sx.stop) // 2 - s // 2
         origins[i] = (y0, x0)
-        oy, ox = sy.start - y0, sx.start - x0
-        masks[i, oy : oy + sy.stop - sy.start, ox : ox + sx.stop - sx.start] = labels[sy, sx] == k + 1
+        # the part of the crop that lies inside both the image and the cell's box
+        ya, yb = max(y0, sy.start), min(y0 + s, sy.stop)
+        xa, xb = max(x0, sx.start), min(x0 + s, sx.stop)
+        masks[i, ya - y0 : yb - y0, xa - x0 : xb - x0] = labels[ya:yb, xa:xb] == k + 1
     index = torch.as_tensor(keep, dtype=torch.long, device=device)
     return Instances(
         scores=scores[index].float(),

@@ -89,6 +89,9 @@ class NishimuraConfig:
     smooth: bool = True
     #: Image channel for the graph-cut edge weights (None: mean of all channels).
     edge_channel: int | None = None
+    #: Side of the square mask crops of the returned Instances (None: per image, the largest cell
+    #: box + 2). A fixed size gives every image and tile the same crop size; larger cells are clipped.
+    mask_size: int | None = None
 
     def resolved_window(self) -> int | None:
         """The window side in px (None = whole image)."""
@@ -126,6 +129,8 @@ class SeededWatershedConfig:
     #: (phase-contrast texture marks mostly the cell outline).
     min_size: int = attrs.field(default=30, validator=_non_negative)
     max_hole_size: int = attrs.field(default=5000, validator=_non_negative)
+    #: Morphological closing of the foreground (disk radius, px) before hole filling.
+    closing_radius: int = attrs.field(default=0, validator=_non_negative)
     #: Watershed surface: distance transform of the foreground, or the (smoothed) intensity.
     surface: Literal["distance", "intensity"] = "distance"
     compactness: float = attrs.field(default=0.0, validator=_non_negative)
@@ -141,6 +146,8 @@ class SeededWatershedConfig:
     seed_radius: int = attrs.field(default=2, validator=_non_negative)
     #: Drop instances smaller than this (px).
     min_area: int = attrs.field(default=10, validator=_non_negative)
+    #: Side of the square mask crops (None: per image, the largest cell box + 2; see nishimura).
+    mask_size: int | None = None
 
     def build(self, *, recipe: Any = None, data: Any) -> Any:
         from weakseg_nishimura.strategies import SeededWatershedStrategy

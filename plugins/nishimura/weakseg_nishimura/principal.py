@@ -103,5 +103,5 @@ class NishimuraPrincipal(nn.Module):
         out = []
         for b in range(image.shape[0]):
             prop = self.propagate(image[b])
-            out.append(labels_to_instances(prop.labels, prop.locations, prop.heights))
+            out.append(labels_to_instances(prop.labels, prop.locations, prop.heights, size=self.config.mask_size))
         return out

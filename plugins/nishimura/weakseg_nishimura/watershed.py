@@ -17,7 +17,7 @@ import torch
 from scipy import ndimage as ndi
 from skimage.feature import blob_log, peak_local_max
 from skimage.filters import gaussian, threshold_otsu
-from skimage.morphology import remove_small_objects
+from skimage.morphology import disk, remove_small_objects
 from skimage.segmentation import watershed
 from torch import nn
 
@@ -54,6 +54,8 @@ def foreground_mask(intensity: np.ndarray, cfg: SeededWatershedConfig) -> np.nda
     if float(feature.max() - feature.min()) <= 1e-12:
         return np.zeros(feature.shape, bool)
     fg = feature > threshold_otsu(feature)
+    if cfg.closing_radius > 0:
+        fg = ndi.binary_closing(fg, disk(cfg.closing_radius), border_value=0)
     if cfg.min_size > 0:
         fg = remove_small_objects(fg, max_size=cfg.min_size)
     if cfg.max_hole_size > 0:
@@ -145,7 +147,8 @@ class SeededWatershedPrincipal(nn.Module):
             points = own_seeds(arr, fg, self.config)
         labels = flood(intensity, fg, points, self.config)
         locations = torch.as_tensor(np.asarray(points, np.float32).reshape(-1, 2), device=image.device)
-        return labels_to_instances(labels, locations, torch.ones(len(locations), device=image.device))
+        scores = torch.ones(len(locations), device=image.device)
+        return labels_to_instances(labels, locations, scores, size=self.config.mask_size)
 
     def predict(self, image: torch.Tensor) -> list[Instances]:
         """Own seeds (distance-transform maxima, or LoG blobs on ``nuclear_channel``)."""

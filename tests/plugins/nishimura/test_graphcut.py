@@ -104,3 +104,15 @@ def test_labels_to_instances_round_trip():
     assert inst.masks.shape[1] == inst.masks.shape[2] >= 21  # covers the 20-px disc bounding box
     assert inst.scores.tolist() == pytest.approx([0.9, 0.8])
     np.testing.assert_array_equal(inst.to_label_image(0.5), labels)
+
+
+def test_labels_to_instances_with_a_fixed_crop_size_clips_large_cells():
+    _, labels, _ = touching_discs("fluorescence", shape=(40, 80), radius=10.0)
+    labels[labels == 2] = 0
+    labels[2:8, 70:79] = 2
+    locations = torch.tensor([[20.0, 30.0], [5.0, 75.0]])
+    inst = labels_to_instances(labels, locations, torch.tensor([0.9, 0.8]), size=12)
+    assert inst.masks.shape == (2, 12, 12)
+    pasted = inst.to_label_image(0.5)
+    assert ((pasted == 2) == (labels == 2)).all()  # the small box cell fits whole
+    assert 0 < (pasted == 1).sum() <= 144 and ((pasted == 1) <= (labels == 1)).all()  # the disc is clipped
