@@ -25,7 +25,9 @@ def test_two_process_gloo_run(tiny_plugin, plugin_env, output_dir, tmp_path):
 
     store = tmp_path / "store.zarr"
     # one 64 px crop per 64 px image, so a shard position is an image: shards are checkable by image id
-    recipe = write_recipe(tmp_path / "tiny.yaml", store, steps=STEPS, batch_size=1, checkpoint_every=3, log_every=1)
+    recipe = write_recipe(
+        tmp_path / "tiny.yaml", store, steps=STEPS, batch_size=1, checkpoint_every=3, eval_every=2, log_every=1
+    )
     recipe.write_text(recipe.read_text().replace("crop_size: 32", "crop_size: 64"))
     log, dump = tmp_path / "steps.jsonl", tmp_path / "dump"
     dump.mkdir()
@@ -73,4 +75,4 @@ def test_two_process_gloo_run(tiny_plugin, plugin_env, output_dir, tmp_path):
     bce = {(r["rank"], r["step"]): r["bce"] for r in records}
     for m in history:
         assert m.value == pytest.approx((bce[0, m.step - 1] + bce[1, m.step - 1]) / 2, rel=1e-5)
-    assert client.get_metric_history(run.info.run_id, "val/AP50")
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/AP50")] == [2, 4, STEPS]

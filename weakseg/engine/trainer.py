@@ -488,9 +488,9 @@ class Trainer:
                         sums, n_sum = {}, 0
                     progress.update(self.step, loss=total_value, phase=self.phase)
 
-                    # periodic evaluation; the final one is the caller's
-                    eval_due = cfg.eval_every > 0 and self.step % cfg.eval_every == 0 and self.step < total
-                    if self.evaluate is not None and eval_due:
+                    # periodic evaluation (the final one is the caller's); every rank enters, since the
+                    # others wait at a barrier while rank 0 evaluates (``evaluate`` is None off rank 0)
+                    if cfg.eval_every > 0 and self.step % cfg.eval_every == 0 and self.step < total:
                         self.run_evaluation(progress)
                     # distributed: the flag reduced with this step's losses (all ranks agree); else read it now
                     stopping = stop_value > 0 if self.ctx.distributed else stop.signum is not None
