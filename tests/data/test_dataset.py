@@ -149,9 +149,10 @@ def test_resumed_loader_gives_the_same_batches(store):
     assert batches[0].group.dtype.is_floating_point is False
 
 
-def test_spawned_workers_give_the_same_batches(store):
+def test_spawned_workers_give_the_same_batches_and_exit_cleanly(store):
     path, labels = store
-    ds = make_dataset(path, labels)
+    # full-size crops: large tensors are what used to make workers abort at shutdown
+    ds = make_dataset(path, labels, crop_size=544)
     serial = TrainLoader(ds, StreamSampler(len(ds), batch_size=2, seed=1), num_workers=0)
     expected = [next(serial) for _ in range(4)]
     with TrainLoader(ds, StreamSampler(len(ds), batch_size=2, seed=1), num_workers=2) as parallel:
@@ -161,6 +162,8 @@ def test_spawned_workers_give_the_same_batches(store):
             assert got.image_ids == want.image_ids
             assert np.array_equal(got.image.numpy(), want.image.numpy())
             assert all(np.array_equal(p.numpy(), q.numpy()) for p, q in zip(got.masks, want.masks, strict=True))
+        workers = list(parallel._iterator._workers)
+    assert [w.exitcode for w in workers] == [0, 0]
 
 
 def test_a_crop_reads_a_region_not_the_whole_image(tmp_path):

@@ -323,9 +323,9 @@ class CropDataset(_TorchDataset):
         jitter = draw_intensity(rng, self.augment) if self.augment is not None else IntensityJitter()
         image, mask, crop_points = self.render(entry, transform, points[inside], jitter)
         return CropSample(
-            image=torch.from_numpy(image),
-            points=torch.from_numpy(crop_points),
-            mask=None if mask is None else torch.from_numpy(mask.astype(np.int64, copy=False)),
+            image=_owned_tensor(image, torch.float32),
+            points=_owned_tensor(crop_points, torch.float32),
+            mask=None if mask is None else _owned_tensor(mask, torch.int64),
             group=entry.group_index,
             image_id=entry.image_id,
         )
@@ -412,6 +412,20 @@ class CropDataset(_TorchDataset):
         return stats
 
 
+def _owned_tensor(array: np.ndarray, dtype: Any) -> Any:
+    """Copy into a tensor that owns its memory.
+
+    Tensors that wrap large numpy buffers (``torch.from_numpy``) and travel from a spawned worker
+    made the worker abort at exit with torch 2.15 ("terminate called without an active exception");
+    torch-allocated tensors do not, and the copy replaces the dtype conversion we need anyway.
+    """
+    import torch
+
+    out = torch.empty(array.shape, dtype=dtype)
+    out.numpy()[...] = array
+    return out
+
+
 _NO_AUGMENT = AugmentConfig(
     flips=False,
     rot90=False,
@@ -478,6 +492,35 @@ def collate_crops(samples: Sequence[CropSample]) -> Batch:
     )
 
 
+class SerializedBatch:
+    """A :class:`Batch` pickled inside the worker's main thread (see :func:`collate_serialized`)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def load(self) -> Batch:
+        import pickle
+
+        return pickle.loads(self.data)
+
+
+def collate_serialized(samples: Sequence[CropSample]) -> SerializedBatch:
+    """Collate, then pickle the batch (tensors moved to shared memory) in the worker's main thread.
+
+    A DataLoader worker hands results to a queue whose feeder *thread* pickles them; when the
+    loader shuts down, the worker's interpreter exits while that thread may still be moving a large
+    tensor into shared memory inside torch's C++ code, and Python's finalisation then aborts the
+    worker ("terminate called without an active exception"; seen with torch 2.15 and Python 3.11),
+    which the main process reports as a crashed worker. Pickling here leaves the feeder thread only
+    bytes to send.
+    """
+    from multiprocessing.reduction import ForkingPickler
+
+    return SerializedBatch(bytes(ForkingPickler.dumps(collate_crops(samples))))
+
+
 def build_train_dataset(cfg: DataConfig, *, seed: int) -> CropDataset:
     """Index the training split: points from ``cfg.label_source``, per-group scales, crops per image.
 
@@ -539,12 +582,15 @@ class TrainLoader:
 
         self.dataset = dataset
         self.sampler = sampler
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {"collate_fn": collate_crops}
         if num_workers > 0:
-            extra = {"multiprocessing_context": "spawn", "prefetch_factor": 2, "worker_init_fn": _worker_init}
-        self.loader = DataLoader(
-            dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate_crops, **extra
-        )
+            extra = {
+                "collate_fn": collate_serialized,
+                "multiprocessing_context": "spawn",
+                "prefetch_factor": 2,
+                "worker_init_fn": _worker_init,
+            }
+        self.loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, **extra)
         self._iterator: Any = None
         self.step = sampler.start_step
 
@@ -555,6 +601,8 @@ class TrainLoader:
         if self._iterator is None:
             self._iterator = iter(self.loader)
         batch = next(self._iterator)
+        if isinstance(batch, SerializedBatch):
+            batch = batch.load()
         self.step += 1
         return batch
 
