@@ -158,3 +158,22 @@ def write_recipe(path: Path, store: str | Path, **train) -> Path:
 
     path.write_text(yaml.safe_dump(recipe_dict(store, **train), sort_keys=False))
     return path
+
+
+def run_command(cmd: list[str], env: dict, timeout: float = 300):
+    """Run ``cmd`` in its own process group; on timeout the whole group (torchrun's workers too) is
+    killed, so a hung distributed run cannot outlive the test."""
+    import os
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{' '.join(cmd)} did not finish within {timeout} s\n{out}\n{err}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)

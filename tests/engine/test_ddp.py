@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from collections import defaultdict
 
 import pytest
 import torch
-from conftest import write_recipe
+from conftest import run_command, write_recipe
 
 from weakseg.engine.checkpoint import load_checkpoint
 
@@ -34,7 +33,7 @@ def test_two_process_gloo_run(tiny_plugin, plugin_env, output_dir, tmp_path):
     env = {**plugin_env, "WEAKSEG_TINY_LOG": str(log), "WEAKSEG_TINY_DUMP": str(dump)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     cmd += ["-m", "weakseg", "run", str(recipe), "--output", str(output_dir), "--no-progress"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    proc = run_command(cmd, env, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
     # data: every step on both ranks; per epoch the two shards are disjoint and cover the train split

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import write_recipe
+from conftest import run_command, write_recipe
 
 from weakseg.engine.checkpoint import load_checkpoint
 from weakseg.errors import WeaksegError
@@ -17,13 +16,7 @@ from weakseg.errors import WeaksegError
 
 def weakseg_run(env, *args, timeout=300):
     """``python -m weakseg run ...`` in a subprocess."""
-    return subprocess.run(
-        [sys.executable, "-m", "weakseg", "run", *map(str, args), "--no-progress"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_command([sys.executable, "-m", "weakseg", "run", *map(str, args), "--no-progress"], env, timeout)
 
 
 def test_run_recipe_tracks_metrics_panels_and_checkpoints(tiny_plugin, make_recipe, output_dir):
