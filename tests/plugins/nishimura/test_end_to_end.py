@@ -32,8 +32,6 @@ def rotate(image: torch.Tensor, points: torch.Tensor, k: int) -> tuple[torch.Ten
 
 @pytest.fixture(scope="module")
 def trained():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small tensors: one thread is as fast and does not oversubscribe a shared CI box
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     cfg = SyntheticData(n_images=8, size=80, modality="fluorescence", cell_diameter=DIAMETER, seed=1)
@@ -52,8 +50,7 @@ def trained():
         opt.zero_grad()
         loss.backward()
         opt.step()
-    yield strategy.eval(), test
-    torch.set_num_threads(threads)
+    return strategy.eval(), test
 
 
 @pytest.mark.slow
