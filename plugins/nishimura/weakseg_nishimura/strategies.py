@@ -43,7 +43,8 @@ class NishimuraStrategy(StrategyModule):
     def panel(self, image: torch.Tensor) -> dict[str, np.ndarray]:
         """The predicted cell-likelihood heatmap (H, W) in [0, 1]."""
         batch = image if image.ndim == 4 else image[None]
-        heat = self.principal().heatmap(batch)[0]
+        device = next(self.unet.parameters()).device
+        heat = self.principal().heatmap(torch.as_tensor(batch, dtype=torch.float32).to(device))[0]
         return {"heatmap": heat.detach().float().cpu().numpy()}
 
 
