@@ -246,20 +246,18 @@ def cut_instances(
     candidates = candidates[candidates > 0]
     if not len(candidates):
         return candidates
-    # bounding boxes of the candidates within the region, via one pass over a relabelled copy
-    pos = np.minimum(np.searchsorted(candidates, labels), len(candidates) - 1)
-    relabelled = np.where(candidates[pos] == labels, pos + 1, 0).astype(np.int32)
-    slices = ndimage.find_objects(relabelled, max_label=len(candidates))
-    cut = []
-    for c, sl in zip(candidates, slices, strict=True):
-        if sl is None:
-            continue
-        by0, by1, bx0, bx1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
-        area = (by1 - by0) * (bx1 - bx0)
-        ky = max(0, min(by1, ry1) - max(by0, ry0))
-        kx = max(0, min(bx1, rx1) - max(bx0, rx0))
-        if ky * kx < min_kept * area:
-            cut.append(c)
+    # bounding boxes of the candidates within the region, from the pixels that carry their ids
+    ys, xs = np.nonzero(np.isin(labels, candidates))
+    ids = labels[ys, xs]
+    order = np.argsort(ids, kind="stable")
+    ids, ys, xs = ids[order], ys[order], xs[order]
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    by0, by1 = np.minimum.reduceat(ys, starts), np.maximum.reduceat(ys, starts) + 1
+    bx0, bx1 = np.minimum.reduceat(xs, starts), np.maximum.reduceat(xs, starts) + 1
+    area = (by1 - by0) * (bx1 - bx0)
+    ky = np.clip(np.minimum(by1, ry1) - np.maximum(by0, ry0), 0, None)
+    kx = np.clip(np.minimum(bx1, rx1) - np.maximum(bx0, rx0), 0, None)
+    cut = ids[starts][ky * kx < min_kept * area]
     return np.asarray(cut, labels.dtype)
 
 

@@ -8,9 +8,10 @@ per-image statistics (computed once per image from a cheap subsample and cached)
 points and masks with it.
 
 The dataset is spawn-safe: it pickles a small index (ids, shapes, groups, scales, points) and opens
-the store lazily inside each DataLoader worker; workers use zarr directly (no dask). The order of
-samples and their augmentation come from :mod:`weakseg.data.sampling`, so the batch of step k does
-not depend on resuming, workers or timing.
+the store lazily inside each worker process; workers use zarr directly (no dask) and never import
+torch (:mod:`weakseg.data.pool`), which keeps each of them near 100 MB. The order of samples and
+their augmentation come from :mod:`weakseg.data.sampling`, so the batch of step k does not depend
+on resuming, workers or timing.
 """
 
 from __future__ import annotations
@@ -39,11 +40,6 @@ from weakseg.data.augment import (
 from weakseg.data.sampling import Key, StreamSampler, item_rng
 from weakseg.errors import DataError
 from weakseg.recipe import AugmentConfig, DataConfig
-
-try:  # torch is a dependency, but keep this module importable for light-weight uses
-    from torch.utils.data import Dataset as _TorchDataset
-except ImportError:  # pragma: no cover
-    _TorchDataset = object  # type: ignore[assignment,misc]
 
 #: Images with at most this many pixels per channel get their statistics from all pixels.
 FULL_STATS_PIXELS = 2048 * 2048
@@ -228,11 +224,11 @@ class ImageEntry:
 
 @attrs.frozen
 class CropSample:
-    """One augmented crop, before batching (arrays are torch tensors)."""
+    """One augmented crop, before batching."""
 
-    image: Any  # (C, S, S) float32
-    points: Any  # (N, 2) float32
-    mask: Any  # (S, S) int64 or None
+    image: np.ndarray  # (C, S, S) float32, standardised
+    points: np.ndarray  # (N, 2) float32 (y, x) in the crop
+    mask: np.ndarray | None  # (S, S) int32 instance ids, 0 = background or padding
     group: int
     image_id: str
 
@@ -243,11 +239,13 @@ def crops_per_image(shape: Sequence[int], scale: float, crop_size: int) -> int:
     return max(1, int(round(area / float(crop_size * crop_size))))
 
 
-class CropDataset(_TorchDataset):
+class CropDataset:
     """Map-style dataset of augmented crops; a key is ``(epoch, index)`` or a plain ``index``.
 
     ``index`` runs over all (image, crop) pairs; the crop's location and augmentation are drawn
     from ``item_rng(seed, epoch, index)``. The store is opened on first use in each process.
+    Samples are numpy arrays and making them never imports torch, so data workers stay small
+    (a torch DataLoader accepts the dataset too: it has ``__len__`` and ``__getitem__``).
     """
 
     def __init__(
@@ -277,10 +275,15 @@ class CropDataset(_TorchDataset):
         sorted_pts = [_sort_by_y(p) for p in points]
         self._point_offsets = np.cumsum([0] + [len(p) for p in sorted_pts]).astype(np.int64)
         self._points = np.concatenate(sorted_pts).astype(np.float32) if sorted_pts else np.zeros((0, 2), np.float32)
+        self._point_y = np.ascontiguousarray(self._points[:, 0])  # searched per crop
         self._crop_offsets = np.cumsum([0] + [e.n_crops for e in self.entries]).astype(np.int64)
+        channels = {int(e.shape[0]) for e in self.entries}
+        if len(channels) != 1:
+            raise DataError(f"{path}: training images with different channel counts {sorted(channels)}")
+        self.channels = channels.pop()
         self._store: Any = None
         self._stats: OrderedDict[str, ImageStats] = OrderedDict()
-        self._arrays: OrderedDict[str, Any] = OrderedDict()
+        self._arrays: OrderedDict[tuple[str, bool], Any] = OrderedDict()
 
     # -- pickling: the store and caches stay behind ------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
@@ -312,26 +315,19 @@ class CropDataset(_TorchDataset):
 
     # -- the sample ----------------------------------------------------------------------------
     def __getitem__(self, key: Key | int) -> CropSample:
-        import torch
-
         epoch, index = key if isinstance(key, tuple) else (0, int(key))
         image_pos, _ = self.locate(int(index))
         entry = self.entries[image_pos]
         rng = item_rng(self.seed, int(epoch), int(index))
         points = self.image_points(image_pos)
-        transform, inside = self._draw_crop(rng, entry, points)
+        ys = self._point_y[self._point_offsets[image_pos] : self._point_offsets[image_pos + 1]]
+        transform, inside = self._draw_crop(rng, entry, points, ys)
         jitter = draw_intensity(rng, self.augment) if self.augment is not None else IntensityJitter()
         image, mask, crop_points = self.render(entry, transform, points[inside], jitter)
-        return CropSample(
-            image=_owned_tensor(image, torch.float32),
-            points=_owned_tensor(crop_points, torch.float32),
-            mask=None if mask is None else _owned_tensor(mask, torch.int64),
-            group=entry.group_index,
-            image_id=entry.image_id,
-        )
+        return CropSample(image, crop_points, mask, entry.group_index, entry.image_id)
 
     def _draw_crop(
-        self, rng: np.random.Generator, entry: ImageEntry, points: np.ndarray
+        self, rng: np.random.Generator, entry: ImageEntry, points: np.ndarray, ys: np.ndarray
     ) -> tuple[CropTransform, np.ndarray]:
         """A crop transform whose window holds points.
 
@@ -345,7 +341,7 @@ class CropDataset(_TorchDataset):
             if attempt == CROP_RETRIES - 1 and len(points):
                 around = tuple(points[int(rng.integers(len(points)))])
             transform = draw_transform(rng, shape, self.crop_size, augment, entry.scale, contains=around)
-            inside = _points_in_window(points, transform.window())
+            inside = _points_in_window(points, ys, transform.window())
             if len(inside) or not len(points):
                 break
         return transform, inside
@@ -369,7 +365,7 @@ class CropDataset(_TorchDataset):
 
         mask = None
         keep = np.ones(len(points), bool)
-        labels_arr = self.store.labels(entry.image_id) if entry.has_labels else None
+        labels_arr = self._array(entry.image_id, labels=True) if entry.has_labels else None
         if labels_arr is not None:
             lbox = transform.source_box(margin=self.label_margin)
             ly0, ly1, lx0, lx1 = lbox
@@ -385,19 +381,25 @@ class CropDataset(_TorchDataset):
                         ix = np.clip(np.floor(points[:, 1]).astype(np.int64) - lx0, 0, lx1 - lx0 - 1)
                         keep = ~np.isin(labels[iy, ix], cut)
             else:
-                mask = np.zeros((self.crop_size, self.crop_size), np.int64)
+                mask = np.zeros((self.crop_size, self.crop_size), np.int32)
         crop_points, _ = transform.points(points[keep])
         return image, mask, crop_points
 
     # -- caches ----------------------------------------------------------------------------------
-    def _array(self, image_id: str) -> Any:
-        arr = self._arrays.get(image_id)
-        if arr is None:
-            arr = self.store.image(image_id)
-            self._arrays[image_id] = arr
-            if len(self._arrays) > 64:
-                self._arrays.popitem(last=False)
-        return arr
+    def _array(self, image_id: str, labels: bool = False) -> Any:
+        """A (cached) region reader of an image or of its label image (None when it has none)."""
+        from weakseg.data.fastread import RegionReader
+
+        key = (image_id, labels)
+        if key in self._arrays:
+            self._arrays.move_to_end(key)
+            return self._arrays[key]
+        arr = self.store.labels(image_id) if labels else self.store.image(image_id)
+        reader = None if arr is None else RegionReader(arr)
+        self._arrays[key] = reader
+        if len(self._arrays) > 64:
+            self._arrays.popitem(last=False)
+        return reader
 
     def _image_stats(self, entry: ImageEntry, array: Any, whole: np.ndarray | None) -> ImageStats:
         stats = self._stats.get(entry.image_id)
@@ -410,20 +412,6 @@ class CropDataset(_TorchDataset):
         else:
             self._stats.move_to_end(entry.image_id)
         return stats
-
-
-def _owned_tensor(array: np.ndarray, dtype: Any) -> Any:
-    """Copy into a tensor that owns its memory.
-
-    Tensors that wrap large numpy buffers (``torch.from_numpy``) and travel from a spawned worker
-    made the worker abort at exit with torch 2.15 ("terminate called without an active exception");
-    torch-allocated tensors do not, and the copy replaces the dtype conversion we need anyway.
-    """
-    import torch
-
-    out = torch.empty(array.shape, dtype=dtype)
-    out.numpy()[...] = array
-    return out
 
 
 _NO_AUGMENT = AugmentConfig(
@@ -442,10 +430,10 @@ def _sort_by_y(points: np.ndarray | None) -> np.ndarray:
     return pts[np.argsort(pts[:, 0], kind="stable")]
 
 
-def _points_in_window(points: np.ndarray, window: tuple[float, float, float, float]) -> np.ndarray:
-    """Indices of the (y-sorted) points inside a source window (y0, y1, x0, x1)."""
+def _points_in_window(points: np.ndarray, ys: np.ndarray, window: tuple[float, float, float, float]) -> np.ndarray:
+    """Indices of the (y-sorted) points inside a source window (y0, y1, x0, x1); ``ys`` is their y column."""
     y0, y1, x0, x1 = window
-    lo, hi = np.searchsorted(points[:, 0], [y0, y1], side="left")
+    lo, hi = np.searchsorted(ys, [y0, y1], side="left")
     idx = np.arange(lo, hi)
     xs = points[lo:hi, 1]
     return idx[(xs >= x0) & (xs < x1)]
@@ -480,45 +468,27 @@ def sample_pixels(array: Any, budget: int = FULL_STATS_PIXELS, windows: int = ST
 
 
 def collate_crops(samples: Sequence[CropSample]) -> Batch:
-    """Stack crops into a :class:`Batch` (runs inside the worker)."""
+    """Stack crops into a :class:`Batch` of torch tensors (masks int64)."""
+    images = np.stack([s.image for s in samples])
+    masks = [s.mask for s in samples]
+    meta = [(s.points, s.mask is not None, s.group, s.image_id) for s in samples]
+    return _to_batch(images, masks, meta)
+
+
+def _to_batch(images: np.ndarray, masks: Any, meta: Sequence[tuple[np.ndarray, bool, int, str]]) -> Batch:
+    """Wrap arrays the caller owns (no copy for images; masks become int64) into a :class:`Batch`."""
     import torch
 
     return Batch(
-        image=torch.stack([s.image for s in samples]),
-        points=[s.points for s in samples],
-        masks=[s.mask for s in samples],
-        group=torch.tensor([s.group for s in samples], dtype=torch.int64),
-        image_ids=[s.image_id for s in samples],
+        image=torch.from_numpy(images),
+        points=[torch.from_numpy(np.asarray(pts, np.float32).reshape(-1, 2)) for pts, _, _, _ in meta],
+        masks=[
+            torch.from_numpy(np.asarray(masks[b])).to(torch.int64) if has else None
+            for b, (_, has, _, _) in enumerate(meta)
+        ],
+        group=torch.tensor([g for _, _, g, _ in meta], dtype=torch.int64),
+        image_ids=[i for _, _, _, i in meta],
     )
-
-
-class SerializedBatch:
-    """A :class:`Batch` pickled inside the worker's main thread (see :func:`collate_serialized`)."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def load(self) -> Batch:
-        import pickle
-
-        return pickle.loads(self.data)
-
-
-def collate_serialized(samples: Sequence[CropSample]) -> SerializedBatch:
-    """Collate, then pickle the batch (tensors moved to shared memory) in the worker's main thread.
-
-    A DataLoader worker hands results to a queue whose feeder *thread* pickles them; when the
-    loader shuts down, the worker's interpreter exits while that thread may still be moving a large
-    tensor into shared memory inside torch's C++ code, and Python's finalisation then aborts the
-    worker ("terminate called without an active exception"; seen with torch 2.15 and Python 3.11),
-    which the main process reports as a crashed worker. Pickling here leaves the feeder thread only
-    bytes to send.
-    """
-    from multiprocessing.reduction import ForkingPickler
-
-    return SerializedBatch(bytes(ForkingPickler.dumps(collate_crops(samples))))
 
 
 def build_train_dataset(cfg: DataConfig, *, seed: int) -> CropDataset:
@@ -575,43 +545,52 @@ def build_train_dataset(cfg: DataConfig, *, seed: int) -> CropDataset:
 
 
 class TrainLoader:
-    """An endless iterator of :class:`Batch` over a torch DataLoader; ``close()`` stops its workers."""
+    """An endless iterator of :class:`Batch`; ``close()`` (or leaving a ``with`` block) stops its workers.
+
+    With ``num_workers == 0`` crops are made in the calling process; otherwise a
+    :class:`~weakseg.data.pool.WorkerPool` of spawned, torch-free processes renders them ahead.
+    Either way the batch of step k is the same.
+    """
 
     def __init__(self, dataset: CropDataset, sampler: StreamSampler, num_workers: int) -> None:
-        from torch.utils.data import DataLoader
-
         self.dataset = dataset
         self.sampler = sampler
-        extra: dict[str, Any] = {"collate_fn": collate_crops}
-        if num_workers > 0:
-            extra = {
-                "collate_fn": collate_serialized,
-                "multiprocessing_context": "spawn",
-                "prefetch_factor": 2,
-                "worker_init_fn": _worker_init,
-            }
-        self.loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, **extra)
-        self._iterator: Any = None
+        self.num_workers = int(num_workers)
         self.step = sampler.start_step
+        self.pool: Any = None
 
     def __iter__(self) -> TrainLoader:
         return self
 
     def __next__(self) -> Batch:
-        if self._iterator is None:
-            self._iterator = iter(self.loader)
-        batch = next(self._iterator)
-        if isinstance(batch, SerializedBatch):
-            batch = batch.load()
+        if self.num_workers == 0:
+            batch = collate_crops([self.dataset[key] for key in self.sampler.batch_at(self.step)])
+        else:
+            if self.pool is None:
+                self.pool = self._start_pool()
+            images, masks, meta = self.pool.next()
+            batch = _to_batch(images, masks, meta)
         self.step += 1
         return batch
 
+    def _start_pool(self) -> Any:
+        from weakseg.data.pool import WorkerPool
+
+        return WorkerPool(
+            self.dataset,
+            self.sampler.batch_at,
+            num_workers=self.num_workers,
+            batch_size=self.sampler.batch_size,
+            channels=self.dataset.channels,
+            size=self.dataset.crop_size,
+            start_step=self.step,
+        )
+
     def close(self) -> None:
-        """Shut the worker processes down (also done when the loader is garbage-collected)."""
-        iterator, self._iterator = self._iterator, None
-        shutdown = getattr(iterator, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
+        """Stop the worker processes (a later ``next`` starts new ones at the current step)."""
+        pool, self.pool = self.pool, None
+        if pool is not None:
+            pool.close()
 
     def __enter__(self) -> TrainLoader:
         return self
@@ -622,13 +601,6 @@ class TrainLoader:
     def __del__(self) -> None:  # pragma: no cover - best effort
         with contextlib.suppress(Exception):
             self.close()
-
-
-def _worker_init(_: int) -> None:
-    """Keep each worker to one compute thread: the workers already run in parallel."""
-    import torch
-
-    torch.set_num_threads(1)
 
 
 def make_train_loader(
@@ -642,8 +614,10 @@ def make_train_loader(
 ) -> TrainLoader:
     """An endless, deterministic stream of augmented, standardised training crops as :class:`Batch`.
 
-    ``cfg.num_workers`` spawned workers read from the store; the batch of step k is the same
-    whether training started at 0 or resumed at ``start_step``; ranks read disjoint shards.
+    ``cfg.num_workers`` spawned worker processes read from the store (0: the calling process
+    does); the batch of step k is the same whether training started at 0 or resumed at
+    ``start_step``; ranks read disjoint shards. Call ``close()`` on the result (or use it in a
+    ``with`` block) to stop the workers.
     """
     dataset = build_train_dataset(cfg, seed=seed)
     sampler = StreamSampler(
