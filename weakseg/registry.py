@@ -75,7 +75,7 @@ def close_matches(word: str, candidates: list[str]) -> str:
     if not hits:
         return ""
     ratio = [difflib.SequenceMatcher(None, word, h).ratio() for h in hits]
-    best = [h for h, r in zip(hits, ratio) if r >= max(ratio) - 1e-9]
+    best = [h for h, r in zip(hits, ratio, strict=True) if r >= max(ratio) - 1e-9]
     return "; did you mean " + " or ".join(repr(h) for h in best) + "?"
 
 
