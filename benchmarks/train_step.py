@@ -1,0 +1,215 @@
+"""One CKS training step at paper size: time, FLOPs, achieved GFLOP/s and peak memory, fp32 and bf16.
+
+The paper-size configuration (Yu, CKS; implementation notes sec. 1 and 10): ConvNeXt-S (patch 4)
++ FPN 384, the LACSS head with its reference defaults (detector 4 x 384 on strides 4/8/16,
+segmentation 3 x 384 -> 64, 96-px crops, learned position encoding) and the default collaborator
+(U-Net 16/32/64 + border CNN 32/32). One step = forward of principal and collaborator, all five
+losses (L_det, L_M, L_S, L_B, L_MC) on a 544 x 544 crop with 200 points, backward, AdamW step.
+
+Each precision runs in its own process so that its peak RSS is its own. FLOPs are counted with
+``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions, forward and backward).
+``--compare N`` trains N steps from the same initialisation and data in both precisions and prints
+the losses side by side (bf16 must not change the training curve). Reference: the JAX
+implementation takes 31.3 s per step on this machine. Examples::
+
+    python benchmarks/train_step.py                     # both precisions, 3 timed steps each
+    python benchmarks/train_step.py --compare 4         # loss curves fp32 vs bf16
+    python benchmarks/train_step.py --one bf16 --profile   # top ops of one bf16 step
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+
+REFERENCE_JAX_S = 31.3
+REFERENCE_PARAMS_M = 63.74
+
+
+def build_strategy(in_channels: int, n_groups: int, backbone: str, steps: int = 90_000) -> Any:
+    from weakseg.build import build_strategy as build
+    from weakseg.components import DataSummary
+    from weakseg.recipe import Recipe, structure
+
+    recipe = structure(
+        {
+            "name": "bench",
+            "data": {"store": "unused.zarr"},
+            "model": {"backbone": {"type": backbone}, "head": {"type": "lacss"}},
+            "collaborator": {"type": "cks"},
+            "strategy": {"type": "cks", "warmup_steps": 9000},
+            "train": {"steps": steps},
+        },
+        Recipe,
+    )
+    names = tuple(f"g{k}" for k in range(n_groups))
+    return build(recipe, DataSummary(in_channels=in_channels, n_groups=n_groups, group_names=names))
+
+
+def make_batch(size: int, n_points: int, in_channels: int, seed: int) -> Any:
+    """A standardised noise image with n_points roughly cell-spaced points (a jittered grid)."""
+    from weakseg.components import Batch
+
+    g = torch.Generator().manual_seed(seed)
+    image = torch.randn(1, in_channels, size, size, generator=g)
+    side = int(n_points**0.5) + 1
+    step = size / side
+    grid = torch.stack(torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij"), -1).reshape(-1, 2)
+    points = (grid.float() + 0.5) * step + (torch.rand(grid.shape, generator=g) - 0.5) * step * 0.6
+    points = points[torch.randperm(points.shape[0], generator=g)[:n_points]]
+    return Batch(image=image, points=[points], masks=[None], group=torch.zeros(1, dtype=torch.long))
+
+
+def train_step(strategy: Any, optimizer: torch.optim.Optimizer, batch: Any, step: int, precision: str) -> dict:
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+    with ctx:
+        losses = strategy(batch, step)
+    total = sum(losses.values())
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    optimizer.step()
+    return {k: float(v.detach()) for k, v in losses.items()}
+
+
+def make_optimizer(strategy: Any, kind: str = "fused") -> torch.optim.Optimizer:
+    """AdamW (lr 1e-3, wd 1e-4, as the reference); ``fused`` is one kernel over all parameters."""
+    options = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False}}[kind]
+    return torch.optim.AdamW(strategy.parameters(), lr=1e-3, weight_decay=1e-4, **options)
+
+
+def run_one(args: argparse.Namespace, precision: str) -> dict:
+    """Time ``args.repeats`` steps (after one warm-up step) in one precision; returns the figures."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    strategy = build_strategy(args.channels, args.groups, args.backbone)
+    strategy.train()
+    principal_params = sum(p.numel() for p in strategy.principal_model.parameters())
+    collaborator_params = sum(p.numel() for p in strategy.collaborator.parameters())
+    optimizer = make_optimizer(strategy, args.optimizer)
+    batch = make_batch(args.size, args.points, args.channels, seed=0)
+    main_step = 10_000  # after the warm-up: soft labels, the configured prior
+    t0 = time.perf_counter()
+    train_step(strategy, optimizer, batch, main_step, precision)
+    first = time.perf_counter() - t0
+    with FlopCounterMode(display=False) as counter:
+        train_step(strategy, optimizer, batch, main_step, precision)
+    flops = counter.get_total_flops()
+    times = []
+    for k in range(args.repeats):
+        t0 = time.perf_counter()
+        train_step(strategy, optimizer, batch, main_step + k, precision)
+        times.append(time.perf_counter() - t0)
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            train_step(strategy, optimizer, batch, main_step, precision)
+        table = prof.key_averages(group_by_input_shape=True).table(
+            sort_by="self_cpu_time_total", row_limit=40, max_name_column_width=40, max_shapes_column_width=80
+        )
+        print(table, file=sys.stderr)
+    seconds = statistics.median(times)
+    return {
+        "precision": precision,
+        "threads": torch.get_num_threads(),
+        "principal_params_M": principal_params / 1e6,
+        "collaborator_params_M": collaborator_params / 1e6,
+        "first_step_s": first,
+        "step_s": seconds,
+        "step_times_s": times,
+        "gflop_per_step": flops / 1e9,
+        "gflop_per_s": flops / 1e9 / seconds,
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    }
+
+
+def compare(args: argparse.Namespace) -> None:
+    """Train ``args.compare`` steps from the same start in fp32 and bf16; print the losses side by side."""
+    curves = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        strategy = build_strategy(args.channels, args.groups, args.backbone)
+        optimizer = make_optimizer(strategy, args.optimizer)
+        curves[precision] = []
+        for k in range(args.compare):
+            batch = make_batch(args.size, args.points, args.channels, seed=k)
+            curves[precision].append(train_step(strategy, optimizer, batch, 10_000 + k, precision))
+    names = list(curves["fp32"][0])
+    print(f"{'step':>4}  " + "  ".join(f"{n:>24}" for n in names))
+    for k in range(args.compare):
+        cells = [f"{curves['fp32'][k][n]:>11.5f} /{curves['bf16'][k][n]:>11.5f}" for n in names]
+        print(f"{k:>4}  " + "  ".join(cells))
+    print("(each cell: fp32 / bf16)")
+    worst = max(
+        abs(curves["fp32"][k][n] - curves["bf16"][k][n]) / max(abs(curves["fp32"][k][n]), 1e-6)
+        for k in range(args.compare)
+        for n in names
+    )
+    print(f"largest relative difference: {worst:.3%}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="convnext_small")
+    parser.add_argument("--size", type=int, default=544)
+    parser.add_argument("--points", type=int, default=200)
+    parser.add_argument("--channels", type=int, default=1, help="image channels (LIVECell: 1)")
+    parser.add_argument("--groups", type=int, default=1, help="collaborator output channels (LIVECell: 8)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--optimizer", default="fused", choices=["fused", "foreach", "loop"])
+    parser.add_argument("--precision", nargs="+", default=["bf16", "fp32"], choices=["bf16", "fp32"])
+    parser.add_argument("--one", choices=["bf16", "fp32"], help="run one precision in this process (JSON out)")
+    parser.add_argument("--profile", action="store_true", help="print the top ops of one step (stderr)")
+    parser.add_argument("--compare", type=int, default=0, help="train this many steps in both precisions")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.compare:
+        compare(args)
+        return
+    if args.one:
+        print(json.dumps(run_one(args, args.one)))
+        return
+    results = []
+    for precision in args.precision:
+        cmd = [sys.executable, __file__, "--one", precision] + [
+            f"--{k}={v}"
+            for k, v in vars(args).items()
+            if k in ("backbone", "size", "points", "channels", "groups", "repeats", "threads")
+        ]
+        if args.profile:
+            cmd.append("--profile")
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode:
+            sys.exit(proc.stderr)
+        if args.profile:
+            print(proc.stderr)
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    r0 = results[0]
+    print(
+        f"CKS train step, {args.backbone} + FPN, {args.size}x{args.size}, {args.points} points, "
+        f"{r0['threads']} threads; principal {r0['principal_params_M']:.2f} M parameters "
+        f"(reference {REFERENCE_PARAMS_M} M), collaborator {r0['collaborator_params_M']:.3f} M"
+    )
+    print(f"{'precision':>9} {'s/step':>8} {'vs JAX':>7} {'GFLOP':>8} {'GFLOP/s':>8} {'peak RSS':>9}  steps (s)")
+    for r in results:
+        print(
+            f"{r['precision']:>9} {r['step_s']:>8.2f} {REFERENCE_JAX_S / r['step_s']:>6.1f}x "
+            f"{r['gflop_per_step']:>8.0f} "
+            f"{r['gflop_per_s']:>8.0f} {r['peak_rss_gib']:>7.2f} GiB  "
+            + ", ".join(f"{t:.2f}" for t in r["step_times_s"])
+        )
+
+
+if __name__ == "__main__":
+    main()
