@@ -270,7 +270,7 @@ class Predictor:
             group = tiles[b0 : b0 + self.batch_size]
             th, tw = group[0].shape
             arrays = [read_tile(view, t, mean, std) for t in group]
-            batch = torch.from_numpy(np.stack(arrays))
+            batch = torch.from_numpy(np.stack(arrays)).to(self.device, non_blocking=True)  # resize on the device
             oh, ow = th, tw
             if self.scale != 1.0:
                 oh, ow = max(1, round(th * self.scale)), max(1, round(tw * self.scale))
@@ -374,7 +374,7 @@ class Predictor:
                 for i in part:
                     mean, std = image_stats(views[i])
                     arrays.append(read_tile(views[i], Tile(0, h, 0, w, 0, h, 0, w, (False,) * 4), mean, std))
-                batch = torch.from_numpy(np.stack(arrays))
+                batch = torch.from_numpy(np.stack(arrays)).to(self.device, non_blocking=True)  # resize on the device
                 oh, ow = h, w
                 if self.scale != 1.0:
                     oh, ow = max(1, round(h * self.scale)), max(1, round(w * self.scale))
