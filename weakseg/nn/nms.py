@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import torch
 
-_NEIGHBOUR_CELLS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 0), (0, 1), (1, -1), (1, 0), (1, 1))
+# Same cell plus four of the eight neighbour cells: every unordered pair of adjacent cells once.
+_HALF_NEIGHBOURHOOD = ((0, 0), (0, 1), (1, -1), (1, 0), (1, 1))
 
 
 def neighbour_pairs(locations: torch.Tensor, distance: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """All ordered pairs ``(i, j)``, ``j < i``, of points with ``|p_i - p_j| <= distance``.
+    """All pairs ``(i, j)``, ``j < i``, of points with ``|p_i - p_j| <= distance``.
 
-    ``locations`` (K, 2) float. Returns two int64 tensors (E,) of indices ``i`` and ``j``.
+    ``locations`` (K, 2) float. Returns two int64 tensors (E,) of indices ``i`` and ``j``. Points
+    are binned into square cells of side ``distance``; only points in the same or adjacent cells
+    are compared.
     """
     k = locations.shape[0]
     device = locations.device
@@ -30,24 +33,23 @@ def neighbour_pairs(locations: torch.Tensor, distance: float) -> tuple[torch.Ten
     ncols = int(cell[:, 1].max()) + 2
     key = cell[:, 0] * ncols + cell[:, 1]
     sorted_key, perm = torch.sort(key)
-    offsets = torch.tensor([dy * ncols + dx for dy, dx in _NEIGHBOUR_CELLS], device=device)
-    target = key[:, None] + offsets[None, :]  # (K, 9)
+    offsets = torch.tensor([dy * ncols + dx for dy, dx in _HALF_NEIGHBOURHOOD], device=device)
+    target = sorted_key[:, None] + offsets[None, :]  # (K, 5), queries from the sorted points
     lo = torch.searchsorted(sorted_key, target, right=False)
     hi = torch.searchsorted(sorted_key, target, right=True)
-    counts = (hi - lo).reshape(-1)
+    lo[:, 0] = torch.arange(1, k + 1, device=device).clamp_max(hi[:, 0])  # same cell: only later points
+    counts = (hi - lo).clamp_min(0).reshape(-1)
     total = int(counts.sum())
     if total == 0:
         return empty, empty
-    src = torch.arange(k, device=device).repeat_interleave(len(_NEIGHBOUR_CELLS))
-    i = torch.repeat_interleave(src, counts)
-    starts = torch.repeat_interleave(lo.reshape(-1), counts)
-    first = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-    j = perm[starts + torch.arange(total, device=device) - first]
-    keep = j < i
-    i, j = i[keep], j[keep]
-    d2 = ((locations[i].double() - locations[j].double()) ** 2).sum(-1)
+    src = torch.arange(k, device=device).repeat_interleave(len(_HALF_NEIGHBOURHOOD))
+    a = torch.repeat_interleave(src, counts)
+    first = torch.repeat_interleave(torch.cumsum(counts, 0) - counts - lo.reshape(-1), counts)
+    b = torch.arange(total, device=device) - first  # positions in sorted order
+    d2 = ((locations[perm[a]].double() - locations[perm[b]].double()) ** 2).sum(-1)
     close = d2 <= float(distance) ** 2
-    return i[close], j[close]
+    a, b = perm[a[close]], perm[b[close]]
+    return torch.maximum(a, b), torch.minimum(a, b)
 
 
 def distance_nms(
@@ -83,5 +85,7 @@ def distance_nms(
         open_above.index_add_(0, i, (state_j == undecided).int())
         state[open_ & (kept_above > 0)] = suppressed
         state[open_ & (kept_above == 0) & (open_above == 0)] = kept
+        live = state[i] == undecided  # decided points need their edges no more
+        i, j = i[live], j[live]
     survivors = torch.nonzero(state == kept).squeeze(1)[:limit]
     return order[survivors]

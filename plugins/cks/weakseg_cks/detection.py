@@ -62,15 +62,17 @@ class _ChannelsLastGroupNorm(torch.autograd.Function):
 class ChannelNorm(nn.GroupNorm):
     """Per-channel GroupNorm (groups = channels: instance norm with a learned scale and bias, eps 1e-6).
 
-    Same parameters as ``nn.GroupNorm(C, C)``; channels-last CPU tensors take a faster path
-    (:class:`_ChannelsLastGroupNorm`).
+    Same parameters as ``nn.GroupNorm(C, C)``. When gradients are needed, channels-last CPU tensors
+    take :class:`_ChannelsLastGroupNorm` (the native channels-last forward alone is fast).
     """
 
     def __init__(self, channels: int, eps: float = 1e-6) -> None:
         super().__init__(channels, channels, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+        channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+        if needs_grad and channels_last and x.device.type == "cpu":
             return _ChannelsLastGroupNorm.apply(x, self.weight, self.bias, self.num_groups, self.eps)
         return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 

@@ -162,7 +162,9 @@ class LacssPrincipal(nn.Module):
         h, w = image.shape[-2:]
         ph, pw = -h % SIZE_DIVISOR, -w % SIZE_DIVISOR
         x = F.pad(image, (0, pw, 0, ph)) if (ph or pw) else image
-        x = x.contiguous(memory_format=self.memory_format)
+        # a model cast to bfloat16 (inference) takes float32 images as they come
+        dtype = self.detector.score.weight.dtype
+        x = x.to(dtype=dtype if dtype.is_floating_point else x.dtype, memory_format=self.memory_format)
         features = list(self.backbone(x))
         logits, offsets = [], []
         for stride in self.det_strides:

@@ -118,7 +118,7 @@ class SegmentationHead(nn.Module):
             self.encoder = nn.Sequential(*mlp)
             self.encoder_proj = nn.Conv2d(encoder_dims[2], instance_channels, 1, bias=False)
         elif position_encoding == "cosine":
-            self.register_buffer("cosine", cosine_encoding(self.window), persistent=False)
+            self.register_buffer("cosine", cosine_encoding(self.window), persistent=False)  # (E, S/4, S/4)
             self.encoder_proj = nn.Conv2d(self.cosine.shape[0], instance_channels, 1, bias=False)
         else:
             raise ValueError(f"position_encoding must be 'learned' or 'cosine', got {position_encoding!r}")
@@ -129,11 +129,10 @@ class SegmentationHead(nn.Module):
         return self.tower(feature)
 
     def encoding(self, raw: torch.Tensor, batch_index: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
-        """Position encoding per instance: (M, instance_channels, S/4, S/4)."""
-        m = cell.shape[0]
+        """The position code before its 1x1 projection: (M, E, S/4, S/4), or (E, S/4, S/4) when fixed."""
         if self.position_encoding == "cosine":
-            enc = self.encoder_proj(self.cosine[None].to(raw.dtype))
-            return enc.expand(m, -1, -1, -1)
+            return self.cosine
+        m = cell.shape[0]
         h, w = raw.shape[-2:]
         nhwc = raw.permute(0, 2, 3, 1)
         ys = torch.stack([cell[:, 0] - 1, cell[:, 0]], 1).clamp(0, h - 1)  # (M, 2)
@@ -142,15 +141,31 @@ class SegmentationHead(nn.Module):
         code = self.encoder(vec)
         gy, gx, gc = self.encoder_dims
         code = code.reshape(m, gy, gx, gc).permute(0, 3, 1, 2)
-        code = F.interpolate(code, size=(self.window, self.window), mode="bilinear", align_corners=False)
-        return self.encoder_proj(code)
+        return F.interpolate(code, size=(self.window, self.window), mode="bilinear", align_corners=False)
 
-    def decode(self, patches: torch.Tensor, encoding: torch.Tensor) -> torch.Tensor:
-        """Window features (M, C, S/4, S/4) + encoding -> mask logits (M, S, S)."""
-        x = F.relu(patches + encoding)
-        x = self.upsample(x)  # (M, 1, S/2, S/2)
-        x = F.interpolate(x, size=(self.crop_size, self.crop_size), mode="bilinear", align_corners=False)
-        return x[:, 0]
+    def decode(self, patches: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        """Window features (M, C, S/4, S/4) and position code -> mask logits (M, S, S).
+
+        Computes ``relu(patches + proj(code))``, the 2x2 stride-2 transposed convolution and the
+        bilinear resize to S, with the per-pixel linear maps written as matrix products on the
+        channels-last layout (the same parameters as ``encoder_proj`` and ``upsample``; no
+        intermediate 64-channel tensors besides the sum).
+        """
+        m, c, s, _ = patches.shape
+        x = patches.permute(0, 2, 3, 1).reshape(m * s * s, c)
+        proj = self.encoder_proj.weight.reshape(c, -1)  # (C, E)
+        if code.dim() == 3:  # a fixed code shared by all windows
+            pe = code.permute(1, 2, 0).reshape(s * s, -1).to(x.dtype) @ proj.t().to(x.dtype)  # (s*s, C)
+            h = (x.view(m, s * s, c) + pe).view(m * s * s, c)
+        else:
+            flat_code = code.permute(0, 2, 3, 1).reshape(m * s * s, -1)
+            h = torch.addmm(x, flat_code, proj.t())
+        h = F.relu(h, inplace=True)
+        up = self.upsample.weight.reshape(c, 4)  # (C, 1, 2, 2) -> (C, [a, b])
+        y = torch.addmm(self.upsample.bias.expand(4), h, up)  # (M*s*s, 4)
+        y = y.view(m, s, s, 2, 2).permute(0, 1, 3, 2, 4).reshape(m, 1, 2 * s, 2 * s)
+        y = F.interpolate(y, size=(self.crop_size, self.crop_size), mode="bilinear", align_corners=False)
+        return y[:, 0]
 
     def crops(
         self, dense: torch.Tensor, raw: torch.Tensor, locations: torch.Tensor, batch_index: torch.Tensor

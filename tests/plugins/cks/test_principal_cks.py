@@ -92,12 +92,34 @@ def test_a_crop_pixel_maps_to_the_image_pixel_under_its_feature_pixel(model):
     with torch.no_grad():
         head.upsample.weight.fill_(1.0)
         head.upsample.bias.zero_()
-        logits = head.decode(patches, torch.zeros_like(patches))
+        logits = head.decode(patches, torch.zeros(1, head.encoder_dims[2], window, window))
     # feature pixel (k, l) of the window covers crop pixels 4k .. 4k+3: the response is centred there
     ys, xs = torch.meshgrid(torch.arange(96.0), torch.arange(96.0), indexing="ij")
     mass = logits[0].clamp_min(0)
     centre = torch.stack([(mass * ys).sum(), (mass * xs).sum()]) / mass.sum()
     assert torch.allclose(centre, torch.tensor([4 * k + 1.5, 4 * l_ + 1.5]), atol=1e-4)
+
+
+@pytest.mark.parametrize("encoding", ["learned", "cosine"])
+def test_window_decoding_equals_the_convolutional_form(encoding):
+    """relu(window + 1x1 conv(code)) -> ConvTranspose(2, stride 2) -> bilinear, written with the nn modules."""
+    head = tiny_principal(position_encoding=encoding).segmentor
+    torch.manual_seed(1)
+    with torch.no_grad():
+        head.upsample.bias.fill_(0.3)
+    s = head.window
+    patches = torch.randn(3, head.upsample.in_channels, s, s, requires_grad=True)
+    code = torch.randn(3, head.encoder_dims[2], s, s) if encoding == "learned" else head.cosine
+    got = head.decode(patches, code)
+    enc = head.encoder_proj(code if code.dim() == 4 else code[None])
+    want = torch.nn.functional.interpolate(
+        head.upsample(torch.relu(patches + enc)), size=(head.crop_size,) * 2, mode="bilinear", align_corners=False
+    )[:, 0]
+    assert torch.allclose(got, want, atol=1e-5)
+    g1 = torch.autograd.grad(got.square().sum(), [patches, head.upsample.weight, head.encoder_proj.weight])
+    g2 = torch.autograd.grad(want.square().sum(), [patches, head.upsample.weight, head.encoder_proj.weight])
+    for a, b in zip(g1, g2, strict=True):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
 def test_gradients_flow_where_the_method_says():
