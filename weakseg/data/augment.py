@@ -246,18 +246,20 @@ def cut_instances(
     candidates = candidates[candidates > 0]
     if not len(candidates):
         return candidates
-    # bounding boxes of the candidates within the region, from the pixels that carry their ids
-    ys, xs = np.nonzero(np.isin(labels, candidates))
-    ids = labels[ys, xs]
-    order = np.argsort(ids, kind="stable")
-    ids, ys, xs = ids[order], ys[order], xs[order]
-    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-    by0, by1 = np.minimum.reduceat(ys, starts), np.maximum.reduceat(ys, starts) + 1
-    bx0, bx1 = np.minimum.reduceat(xs, starts), np.maximum.reduceat(xs, starts) + 1
-    area = (by1 - by0) * (bx1 - bx0)
-    ky = np.clip(np.minimum(by1, ry1) - np.maximum(by0, ry0), 0, None)
-    kx = np.clip(np.minimum(bx1, rx1) - np.maximum(bx0, rx0), 0, None)
-    cut = ids[starts][ky * kx < min_kept * area]
+    # bounding boxes of the candidates within the region: relabel them 1..K through a lookup
+    # table (everything else 0) and let find_objects measure them in one pass
+    top = int(candidates[-1])
+    lut = np.zeros(top + 2, np.int32)
+    lut[candidates] = np.arange(1, len(candidates) + 1, dtype=np.int32)
+    compact = lut[np.minimum(labels, top + 1)]
+    boxes = ndimage.find_objects(compact, max_label=len(candidates))
+    cut = []
+    for c, sl in zip(candidates, boxes, strict=True):
+        by0, by1, bx0, bx1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
+        ky = max(0, min(by1, ry1) - max(by0, ry0))
+        kx = max(0, min(bx1, rx1) - max(bx0, rx0))
+        if ky * kx < min_kept * (by1 - by0) * (bx1 - bx0):
+            cut.append(c)
     return np.asarray(cut, labels.dtype)
 
 

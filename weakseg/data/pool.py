@@ -128,8 +128,12 @@ class WorkerPool:
         self.tasks[step % len(self.workers)].put((step, slot, list(self.keys_for(step))))
         self._submitted += 1
 
-    def next(self) -> tuple[np.ndarray, np.ndarray, list[Any]]:
-        """The next step's batch, copied out of its slot (the slot is then reused)."""
+    def next(self, convert: Callable[[np.ndarray, np.ndarray, list[Any]], Any] | None = None) -> Any:
+        """The next step's batch: ``convert(images, masks, meta)`` of its slot, then the slot is reused.
+
+        ``convert`` must copy what it keeps (the buffers are overwritten afterwards); by default the
+        arrays are copied: ``(images (B,C,S,S) float32, masks (B,S,S) int32, meta)``.
+        """
         step = self.next_step
         while step not in self._ready:
             try:
@@ -143,7 +147,7 @@ class WorkerPool:
             self._ready[got_step] = (slot, meta)
         slot, meta = self._ready.pop(step)
         images, masks = self.views[slot]
-        out = images.copy(), masks.copy(), meta
+        out = (images.copy(), masks.copy(), meta) if convert is None else convert(images, masks, meta)
         self.next_step += 1
         self._submit(slot)
         return out
