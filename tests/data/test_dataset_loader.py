@@ -112,3 +112,22 @@ def test_group_scales_from_config_and_from_cell_size(store):
     ds = build_train_dataset(config(path, target_cell_size=32.0), seed=0)
     assert ds.entries[0].scale == pytest.approx(expected, rel=1e-6)
     assert ds.entries[0].n_crops >= 1
+
+
+@pytest.mark.slow
+def test_a_synthetic_recipe_store_is_generated_then_streamed(tmp_path):
+    from weakseg.recipe import SyntheticData
+
+    cfg = DataConfig(
+        store=str(tmp_path / "demo.zarr"),
+        synthetic=SyntheticData(n_images=4, size=96, val_fraction=0.25),
+        crop_size=64,
+        num_workers=0,
+    )
+    summary = data_summary(cfg)
+    assert summary.has_masks and summary.in_channels >= 1
+    with make_train_loader(cfg, batch_size=2, seed=0) as loader:
+        batch = next(loader)
+    assert batch.image.shape == (2, summary.in_channels, 64, 64)
+    assert sum(len(p) for p in batch.points) > 0
+    assert [e.image_id for e in iter_eval_images(cfg, cfg.val_split)]
