@@ -21,6 +21,7 @@ import contextlib
 import multiprocessing as mp
 import pickle
 import queue
+import signal
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -50,6 +51,7 @@ class SlotLayout:
 
 def _worker_main(payload: bytes, worker_id: int, tasks: Any, results: Any, buffers: list[Any], layout: Any) -> None:
     """Worker loop: render the samples of each task into its slot until a ``None`` task arrives."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
     try:
         dataset = pickle.loads(payload)
         views = [layout.views(b) for b in buffers]
