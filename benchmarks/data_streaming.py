@@ -189,6 +189,7 @@ class MemorySampler(threading.Thread):
         self._halt = threading.Event()
         self._pids: list[int] = []
         self._scanned = 0.0
+        self.cpu = 0.0
 
     def sample(self, rescan: bool = False) -> tuple[int, int, int]:
         if rescan or time.monotonic() - self._scanned > self.rescan:
@@ -198,8 +199,11 @@ class MemorySampler(threading.Thread):
         return rss * 1024, pss * 1024, len(self._pids)
 
     def run(self) -> None:
+        self.cpu = 0.0  # this thread's own CPU time, not charged to the loader
         while not self._halt.is_set():
+            t = time.thread_time()
             rss, pss, n = self.sample()
+            self.cpu += time.thread_time() - t
             self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
             self.peak_procs = max(self.peak_procs, n)
             time.sleep(self.interval)
@@ -230,7 +234,7 @@ def stream(path: Path, crops: int, batch_size: int, workers: int, warmup: int) -
         next(loader)
     rss_start = sampler.sample(rescan=True)[0]
     workers = [p for p in _descendants(os.getpid()) if p != os.getpid()]
-    cpu0, main0 = cpu_seconds(workers), cpu_seconds([os.getpid()])
+    cpu0, main0, sampler0 = cpu_seconds(workers), cpu_seconds([os.getpid()]), sampler.cpu
     load0 = os.getloadavg()[0]
     t1 = time.perf_counter()
     n, n_points = 0, 0
@@ -240,7 +244,7 @@ def stream(path: Path, crops: int, batch_size: int, workers: int, warmup: int) -
         n_points += sum(len(p) for p in batch.points)
     elapsed = time.perf_counter() - t1
     cpu_workers = cpu_seconds(workers) - cpu0
-    cpu_main = cpu_seconds([os.getpid()]) - main0
+    cpu_main = cpu_seconds([os.getpid()]) - main0 - (sampler.cpu - sampler0)
     cpu = cpu_workers + cpu_main
     load1 = os.getloadavg()[0]
     rss_end = sampler.sample()[0]

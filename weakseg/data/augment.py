@@ -283,7 +283,7 @@ class ImageStats:
     sample: np.ndarray  # (C, K) float32
 
     @classmethod
-    def from_pixels(cls, pixels: np.ndarray, keep: int = 1024, seed: int = 0, limit: int = 1 << 18) -> ImageStats:
+    def from_pixels(cls, pixels: np.ndarray, keep: int = 1024, limit: int = 1 << 18) -> ImageStats:
         """Statistics from pixel values (C, ...) (a whole image or a subsample of it).
 
         At most ``limit`` pixels per channel are used (an even stride through the rest), which keeps
@@ -295,11 +295,7 @@ class ImageStats:
         data = flat.astype(np.float64)
         mean, std = data.mean(axis=1), data.std(axis=1)
         lo, hi = np.percentile(data, [0.1, 99.9], axis=1)
-        if flat.shape[1] > keep:
-            idx = np.random.default_rng(seed).choice(flat.shape[1], keep, replace=False)
-            sample = flat[:, np.sort(idx)]
-        else:
-            sample = flat
+        sample = flat[:, :: max(1, flat.shape[1] // keep)][:, :keep]  # evenly spaced, deterministic
         return cls(mean, std, lo, hi, np.asarray(sample, np.float32))
 
     def to_unit(self, image: np.ndarray) -> np.ndarray:
