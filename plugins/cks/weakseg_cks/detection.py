@@ -29,41 +29,50 @@ from weakseg.nn.focal import focal_bce_with_logits
 from weakseg.nn.nms import distance_nms
 
 
-class _ChannelsLastGroupNorm(torch.autograd.Function):
-    """GroupNorm of a channels-last tensor computed in the contiguous layout, forward and backward.
+class _ChannelsLastInstanceNorm(torch.autograd.Function):
+    """Per-channel GroupNorm (groups = channels) of a channels-last CPU tensor, with a fast backward.
 
-    On CPU, torch's GroupNorm kernels are several times slower on channels-last tensors (the
-    backward most of all). This runs both passes on contiguous copies and returns channels-last
-    tensors, so the neighbouring convolutions keep their fast layout.
+    On CPU, torch's GroupNorm backward is several times slower on channels-last tensors than its
+    forward. Per image, a per-channel GroupNorm *is* a training-mode BatchNorm of a batch of one,
+    whose channels-last backward kernel is fast, so the backward runs that kernel image by image
+    (a loop over the batch, not over instances). Forward: the native GroupNorm.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, groups: int, eps: float):  # type: ignore[override]
+    def forward(ctx, x, weight, bias, eps: float):  # type: ignore[override]
         b, c, h, w = x.shape
-        xc = x.contiguous()
-        y, mean, rstd = torch.ops.aten.native_group_norm(xc, weight, bias, b, c, h * w, groups, eps)
-        ctx.save_for_backward(xc, weight, mean, rstd)
-        ctx.groups = groups
-        return y.contiguous(memory_format=torch.channels_last)
+        y, mean, rstd = torch.ops.aten.native_group_norm(x, weight, bias, b, c, h * w, c, eps)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.eps = eps
+        return y
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        xc, weight, mean, rstd = ctx.saved_tensors
-        b, c, h, w = xc.shape
+        x, weight, mean, rstd = ctx.saved_tensors
+        grad = grad.contiguous(memory_format=torch.channels_last)
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
-        dx, dw, db = torch.ops.aten.native_group_norm_backward(
-            grad.contiguous(), xc, mean, rstd, weight, b, c, h * w, ctx.groups, mask
-        )
-        if dx is not None:
-            dx = dx.contiguous(memory_format=torch.channels_last)
-        return dx, dw, db, None, None
+        dxs, dws, dbs = [], [], []
+        for i in range(x.shape[0]):
+            dx, dw, db = torch.ops.aten.native_batch_norm_backward(
+                grad[i : i + 1], x[i : i + 1], weight, None, None,
+                mean[i].float(), rstd[i].float(), True, ctx.eps, mask,
+            )
+            dxs.append(dx)
+            dws.append(dw)
+            dbs.append(db)
+        if len(dxs) == 1:
+            return dxs[0], dws[0], dbs[0], None
+        dx = torch.cat(dxs).contiguous(memory_format=torch.channels_last) if mask[0] else None
+        dw = torch.stack(dws).sum(0) if mask[1] else None
+        db = torch.stack(dbs).sum(0) if mask[2] else None
+        return dx, dw, db, None
 
 
 class ChannelNorm(nn.GroupNorm):
     """Per-channel GroupNorm (groups = channels: instance norm with a learned scale and bias, eps 1e-6).
 
     Same parameters as ``nn.GroupNorm(C, C)``. When gradients are needed, channels-last CPU tensors
-    take :class:`_ChannelsLastGroupNorm` (the native channels-last forward alone is fast).
+    take :class:`_ChannelsLastInstanceNorm` (the native channels-last forward alone is fast).
     """
 
     def __init__(self, channels: int, eps: float = 1e-6) -> None:
@@ -73,7 +82,7 @@ class ChannelNorm(nn.GroupNorm):
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
         channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
         if needs_grad and channels_last and x.device.type == "cpu":
-            return _ChannelsLastGroupNorm.apply(x, self.weight, self.bias, self.num_groups, self.eps)
+            return _ChannelsLastInstanceNorm.apply(x, self.weight, self.bias, self.eps)
         return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
 

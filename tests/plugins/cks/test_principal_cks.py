@@ -122,6 +122,29 @@ def test_window_decoding_equals_the_convolutional_form(encoding):
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+def test_channels_last_instance_norm_equals_group_norm(batch):
+    from weakseg_cks.detection import ChannelNorm
+
+    torch.manual_seed(batch)
+    norm = ChannelNorm(6)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    x = torch.randn(batch, 6, 5, 7) * 3 + 1
+    g = torch.randn(batch, 6, 5, 7)
+    a = x.clone().requires_grad_()
+    b = x.clone().contiguous(memory_format=torch.channels_last).requires_grad_()
+    ya = torch.nn.functional.group_norm(a, 6, norm.weight, norm.bias, 1e-6)
+    yb = norm(b)
+    assert yb.is_contiguous(memory_format=torch.channels_last) and "InstanceNorm" in type(yb.grad_fn).__name__
+    assert torch.allclose(ya, yb, atol=1e-5)
+    grads_a = torch.autograd.grad((ya * g).sum(), [a, norm.weight, norm.bias])
+    grads_b = torch.autograd.grad((yb * g).sum(), [b, norm.weight, norm.bias])
+    for u, v in zip(grads_a, grads_b, strict=True):
+        assert torch.allclose(u, v, atol=1e-4)
+
+
 def test_gradients_flow_where_the_method_says():
     model = tiny_principal()
     image = torch.randn(1, 1, 64, 64)
