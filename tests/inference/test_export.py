@@ -14,6 +14,9 @@ from weakseg.inference.tiling import LabelTable
 
 from .blob_model import disc_image
 
+# pycocotools' decode trips numpy 2's copy-keyword deprecation inside the library
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
 
 @pytest.fixture(scope="module")
 def labelled():
