@@ -191,6 +191,10 @@ class PrincipalStrategy(StrategyModule):
         detection = model.detection_loss(out, points)
         locations = model.training_locations(out, points) if use_detections else points
         crops = model.segment(out, locations)
+        if len(crops) == 0:
+            # no instance in the whole batch: keep every principal parameter in the graph (with zero
+            # gradient) so that DistributedDataParallel without find_unused_parameters still works
+            crops.logits = crops.logits + sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
         b, _, h, w = batch.image.shape
         geom = crop_geometry(crops.origins, crops.batch_index, (h, w), b, crops.crop_size)
         return detection, crops, geom

@@ -168,7 +168,10 @@ def test_zero_points_and_odd_image_sizes():
     empty = Batch(image=torch.randn(1, 1, 33, 40), points=[torch.zeros(0, 2)], masks=[None], group=torch.tensor([0]))
     losses = strategy(empty, 50)
     assert losses["instance"].item() == 0 and losses["collapse"].item() == 0
+    strategy.zero_grad(set_to_none=True)
     sum(losses.values()).backward()
+    # every parameter stays in the graph (DDP without find_unused_parameters)
+    assert all(p.grad is not None for p in strategy.parameters())
 
 
 def test_panel_gives_collaborator_maps_in_unit_range():
