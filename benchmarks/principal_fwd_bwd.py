@@ -6,6 +6,10 @@ The full CKS train-step benchmark (collaborator, all losses, optimizer) lives in
 ``benchmarks/cks_train_step.py``. Example::
 
     python benchmarks/principal_fwd_bwd.py --size 544 --points 200 --precision bf16 fp32
+
+Measured on the project's 2-core AVX512-BF16 CPU while it was nearly idle (load ~2), commit 765d345:
+1748 GFLOP per step; bf16 5.51 s (317 GFLOP/s, 90 % of a concurrent 2048 matmul), fp32 14.0 s
+(125 GFLOP/s). When the machine is shared, compare the printed percentage, not the seconds.
 """
 
 from __future__ import annotations
