@@ -10,7 +10,14 @@ Each precision runs in its own process so that its peak RSS is its own. FLOPs ar
 ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions, forward and backward).
 ``--compare N`` trains N steps from the same initialisation and data in both precisions and prints
 the losses side by side (bf16 must not change the training curve). Reference: the JAX
-implementation takes 31.3 s per step on this machine. Examples::
+implementation takes 31.3 s per step on this machine.
+
+Measured (2 threads, AMD EPYC with AVX512-BF16, 1-min load ~1.7 from other jobs; 1815 GFLOP per step,
+principal 63.74 M parameters): bf16 7.84 s/step (231 GFLOP/s, peak RSS 3.4 GiB, 4.0x the JAX step),
+fp32 15.7 s/step (116 GFLOP/s, 4.4 GiB). Losses of 4 paper-size steps agree to 0.05 % at step 0;
+``--curve 150``: fp32 / bf16 curves overlap, final mean instance IoU 0.602 / 0.593.
+
+Examples::
 
     python benchmarks/train_step.py                     # both precisions, 3 timed steps each
     python benchmarks/train_step.py --compare 4         # paper size: losses of 4 steps, fp32 vs bf16
