@@ -14,7 +14,8 @@ hook                      ``build(...)`` arguments                   returns
 backbones                 ``in_channels: int``                       ``nn.Module``: image -> list of
                                                                      feature maps, strides 4, 8, 16, 32
 principal_heads           ``backbone: nn.Module, in_channels: int``  :class:`weakseg.components.PrincipalModel`
-collaborators             ``in_channels: int, n_groups: int``        ``nn.Module``: image -> logits
+collaborators             ``in_channels: int, n_groups: int``        ``nn.Module``: (image, group) ->
+                                                                     (foreground, border) logits (B, H, W)
 consistency_losses        (none)                                     callable loss object (``nn.Module``)
 label_sources             (none)                                     :class:`weakseg.components.LabelSource`
 strategies                ``recipe: Recipe, data: DataSummary``      :class:`weakseg.components.Strategy`
