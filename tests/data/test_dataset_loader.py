@@ -114,6 +114,19 @@ def test_group_scales_from_config_and_from_cell_size(store):
     assert ds.entries[0].n_crops >= 1
 
 
+def test_input_scale_info_records_how_training_images_were_resized(store):
+    from weakseg.data.dataset import input_scale_info, resolve_group_scales
+
+    path, _ = store
+    cfg = config(path, target_cell_size=32.0)
+    info = input_scale_info(cfg)
+    assert info["group_scales"] == pytest.approx(resolve_group_scales(cfg))
+    assert set(info["group_scales"]) == {"g1", "g2"} and info["group_scales"]["g1"] != 1.0
+    assert info["cell_diameter"] == 32.0
+    plain = input_scale_info(config(path))
+    assert plain["group_scales"] == {"g1": 1.0, "g2": 1.0} and plain["cell_diameter"] is None
+
+
 @pytest.mark.slow
 def test_a_synthetic_recipe_store_is_generated_then_streamed(tmp_path):
     from weakseg.recipe import SyntheticData

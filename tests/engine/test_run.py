@@ -29,7 +29,11 @@ def test_run_recipe_tracks_metrics_panels_and_checkpoints(tiny_plugin, make_reci
     run_dir = output_dir / "tiny"
     assert result.run_dir == run_dir and result.step == 6 and result.steps_run == 6
     assert (run_dir / "recipe.yaml").read_text() == recipe.to_yaml()
-    assert load_checkpoint(result.checkpoint).step == 6
+    ckpt = load_checkpoint(result.checkpoint)
+    assert ckpt.step == 6
+    # how the training images were resized travels with the model, for prediction on new images
+    assert set(ckpt.input_scale["group_scales"]) == {"fluorescence", "phase"}
+    assert ckpt.input_scale["cell_diameter"] is None
     assert {p.name for p in (run_dir / "checkpoints").iterdir()} == {
         "last.ckpt",
         "step-00000003.ckpt",

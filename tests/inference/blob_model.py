@@ -134,7 +134,9 @@ def weakseg_register_strategies(registry):
     registry.add(STRATEGY, BlobStrategyConfig)
 
 
-def write_blob_checkpoint(path, in_channels: int = 1, recipe_extra: dict | None = None):
+def write_blob_checkpoint(
+    path, in_channels: int = 1, recipe_extra: dict | None = None, input_scale: dict | None = None
+):
     """A real weakseg checkpoint (engine format) of the blob strategy."""
     import yaml
 
@@ -149,5 +151,11 @@ def write_blob_checkpoint(path, in_channels: int = 1, recipe_extra: dict | None 
     recipe = recipe_from_yaml_text(text)
     summary = DataSummary(in_channels=in_channels)
     strategy = build_strategy(recipe, summary)
-    payload = make_payload(recipe_yaml=recipe.to_yaml(), data_summary=summary, state_dict=strategy.state_dict(), step=0)
+    payload = make_payload(
+        recipe_yaml=recipe.to_yaml(),
+        data_summary=summary,
+        state_dict=strategy.state_dict(),
+        step=0,
+        input_scale=input_scale,
+    )
     return save_checkpoint(payload, path)

@@ -162,6 +162,29 @@ def resolve_group_scales(cfg: DataConfig, store: Any = None, seed: int = 0) -> d
     return dict(scales)
 
 
+
+def input_scale_info(cfg: DataConfig, store: Any = None) -> dict[str, Any]:
+    """How training images were resized, for prediction on new images (stored in checkpoints).
+
+    ``group_scales``: the factor each group's images were resized by (1.0 when not rescaled);
+    ``cell_diameter``: the typical cell diameter in model-input pixels (``data.target_cell_size``,
+    ``None`` when the run did not normalise cell size); ``pixel_size``: the pixel size of the
+    training images when they all share one (``None`` otherwise). A new image with cells of
+    diameter D is predicted at ``cell_diameter / D``; one of pixel size P at
+    ``group scale * P / pixel_size``.
+    """
+    store = store if store is not None else _open(store_path(cfg))
+    scales = resolve_group_scales(cfg, store)
+    infos = _select(store, cfg.train_split, cfg.groups)
+    sizes = {info.pixel_size for info in infos}
+    pixel_size = next(iter(sizes)) if len(sizes) == 1 else None
+    trained_groups = {info.group for info in infos} or set(scales)
+    return {
+        "group_scales": {g: float(s) for g, s in scales.items() if g in trained_groups},
+        "cell_diameter": None if cfg.target_cell_size is None else float(cfg.target_cell_size),
+        "pixel_size": None if pixel_size is None else float(pixel_size),
+    }
+
 # ------------------------------------------------------------------------------------------
 # Evaluation images
 # ------------------------------------------------------------------------------------------

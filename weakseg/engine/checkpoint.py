@@ -15,6 +15,8 @@ A checkpoint is ``torch.save`` of a plain dict of tensors and primitives, so it 
     rng           one entry per rank: python, numpy, torch (and CUDA) generator states
     data          data position: {"step", "seed", "world_size"}; the loader restarts at ``step``
     tracking      {"run_id", "tracking_uri", "experiment_id"} of the MLflow run to continue
+    input_scale   {"group_scales", "cell_diameter", "pixel_size"}: how training images were resized,
+                  so that prediction on new images resizes them the same way (absent before 0.2)
 
 Writes are atomic: the file is written beside its target under a temporary name, flushed to
 disk and moved into place with :func:`os.replace`, so a crash never leaves a half-written
@@ -135,6 +137,7 @@ def make_payload(
     rng: list[dict[str, Any]] | None = None,
     data: Mapping[str, Any] | None = None,
     tracking: Mapping[str, Any] | None = None,
+    input_scale: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The checkpoint dict (see the module docstring); ``None`` entries are left out."""
     from weakseg import __version__
@@ -154,6 +157,7 @@ def make_payload(
         ("rng", rng),
         ("data", data),
         ("tracking", tracking),
+        ("input_scale", input_scale),
     ):
         if value is not None:
             payload[key] = value
@@ -285,6 +289,12 @@ class Checkpoint:
     def run_id(self) -> str | None:
         """The MLflow run this checkpoint belongs to (if it was tracked)."""
         return (self.raw.get("tracking") or {}).get("run_id")
+
+    @property
+    def input_scale(self) -> dict[str, Any] | None:
+        """How the training images were resized (``weakseg.data.dataset.input_scale_info``), if recorded."""
+        value = self.raw.get("input_scale")
+        return dict(value) if value else None
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:

@@ -206,7 +206,7 @@ def run_recipe(
     and :class:`~weakseg.engine.trainer.NonFiniteLossError` on a NaN/inf loss.
     """
     from weakseg.build import build_strategy
-    from weakseg.data.dataset import data_summary, make_train_loader
+    from weakseg.data.dataset import data_summary, input_scale_info, make_train_loader
     from weakseg.data.prepare import ensure_store
     from weakseg.engine import checkpoint as ckpt_io
     from weakseg.engine import distributed
@@ -243,6 +243,7 @@ def run_recipe(
                 f"({checkpoint.data_summary} -> {summary}); resume on the same store {recipe.data.store!r}"
             )
 
+        input_scale = input_scale_info(recipe.data)  # recorded so that prediction resizes alike
         ckpt_io.seed_everything(recipe.train.seed)  # the same initial weights on every rank
         strategy = build_strategy(recipe, summary)
         ckpt_io.seed_everything(recipe.train.seed + ctx.rank)
@@ -275,6 +276,7 @@ def run_recipe(
                 evaluate=evaluate,
                 callbacks=callbacks,
                 progress=progress,
+                input_scale=input_scale,
             )
             if checkpoint is not None:
                 trainer.restore(checkpoint)
@@ -291,6 +293,7 @@ def run_recipe(
                     step=0,
                     phase=strategy.phase_at(0),
                     tracking=tracker.info(),
+                    input_scale=input_scale,
                 )
                 ckdir.save(payload, 0)
             ctx.barrier()

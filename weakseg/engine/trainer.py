@@ -288,12 +288,14 @@ class Trainer:
         evaluate: EvaluateFn | None = None,
         callbacks: Sequence[StepCallback] = (),
         progress: bool = True,
+        input_scale: dict[str, Any] | None = None,
     ) -> None:
         self.ctx = ctx or DistContext()
         self.strategy = strategy.to(self.ctx.device)
         self.recipe = recipe
         self.train_cfg = recipe.train
         self.data_summary = data_summary
+        self.input_scale = input_scale
         self.batches = batches
         self.checkpoints = checkpoints
         self.tracker = tracker or NullTracker()
@@ -347,6 +349,7 @@ class Trainer:
             rng=rng,
             data={"step": self.step, "seed": self.train_cfg.seed, "world_size": self.ctx.world_size},
             tracking=self.tracker.info() if self.ctx.is_main else None,
+            input_scale=self.input_scale,
         )
 
     def save(self) -> Path | None:

@@ -32,13 +32,32 @@ def register(subparsers: Any) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or zarr stores")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder")
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--scale", type=float, default=None, help="resize images by S before the model (default 1)")
+    size.add_argument(
+        "--scale",
+        type=float,
+        default=None,
+        metavar="S",
+        help="resize images by S before the model (default: as the training images were resized)",
+    )
+    size.add_argument(
+        "--diameter",
+        type=float,
+        default=None,
+        metavar="D",
+        help="typical cell diameter of the inputs in pixels; scale = the training cell size / D",
+    )
     size.add_argument(
         "--pixel-size",
         type=float,
         default=None,
         metavar="P",
         help="pixel size of the inputs; scale = P / the training pixel size recorded in the checkpoint",
+    )
+    p.add_argument(
+        "--group",
+        default=None,
+        metavar="NAME",
+        help="use this training group's (cell line's) resize factor when groups were resized differently",
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (default 4)")
@@ -90,10 +109,9 @@ def predictor_options(args: argparse.Namespace) -> dict[str, Any]:
         "score_threshold": args.score_threshold,
         "min_area": args.min_area,
     }
-    if args.scale is not None:
-        opts["scale"] = args.scale
-    if args.pixel_size is not None:
-        opts["pixel_size"] = args.pixel_size
+    for key in ("scale", "diameter", "pixel_size", "group"):
+        if getattr(args, key) is not None:
+            opts[key] = getattr(args, key)
     return opts
 
 

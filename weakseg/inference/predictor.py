@@ -392,45 +392,31 @@ class Predictor:
 # ------------------------------------------------------------------------------------------------
 
 
-def training_pixel_size(checkpoint: Any) -> float | None:
-    """The pixel size the model was trained at, when the checkpoint records one.
-
-    Looked up in the recipe (``data.pixel_size``) and then in the checkpoint's data summary
-    (``pixel_size``); None when neither has it.
-    """
-    recipe = getattr(checkpoint, "recipe", None)
-    data = getattr(recipe, "data", None)
-    value = getattr(data, "pixel_size", None)
-    if value is None:
-        summary = getattr(checkpoint, "data_summary", None) or {}
-        value = summary.get("pixel_size") if isinstance(summary, dict) else getattr(summary, "pixel_size", None)
-    return float(value) if value else None
-
-
 def load_predictor(
-    checkpoint: str | Path, *, pixel_size: float | None = None, device: str | torch.device = "cpu", **kwargs: Any
+    checkpoint: str | Path,
+    *,
+    scale: float | None = None,
+    diameter: float | None = None,
+    pixel_size: float | None = None,
+    group: str | None = None,
+    device: str | torch.device = "cpu",
+    **kwargs: Any,
 ) -> Predictor:
     """A :class:`Predictor` for the principal model of a weakseg checkpoint.
 
-    ``pixel_size`` (of the images to predict) sets ``scale = pixel_size / training pixel size`` when
-    the checkpoint records the training pixel size; otherwise pass ``scale`` explicitly. Other keyword
-    arguments go to :class:`Predictor`.
+    Images are resized the way the training images were unless told otherwise: ``scale`` (a
+    factor), ``diameter`` (typical cell diameter of the new images, pixels) or ``pixel_size`` (of
+    the new images); ``group`` picks one training group's factor when groups were resized
+    differently (see :mod:`weakseg.inference.scale`). Other keyword arguments go to
+    :class:`Predictor`.
     """
     from weakseg.engine.checkpoint import load_strategy
+    from weakseg.inference.scale import resolve_scale
 
     path = Path(checkpoint)
     dev = resolve_device(device)
     strategy, ckpt = load_strategy(str(path), device=str(dev))
-    if pixel_size is not None:
-        if "scale" in kwargs:
-            raise WeaksegError("give either scale or pixel_size, not both")
-        trained = training_pixel_size(ckpt)
-        if trained is None:
-            raise WeaksegError(
-                f"checkpoint {path} records no training pixel size (recipe key data.pixel_size); "
-                "pass --scale instead of --pixel-size"
-            )
-        kwargs["scale"] = float(pixel_size) / trained
+    kwargs["scale"] = resolve_scale(ckpt, scale=scale, diameter=diameter, pixel_size=pixel_size, group=group)
     summary = getattr(ckpt, "data_summary", None)
     in_channels = summary.get("in_channels") if isinstance(summary, dict) else getattr(summary, "in_channels", None)
     kwargs.setdefault("in_channels", in_channels)
