@@ -166,3 +166,21 @@ def test_large_input_is_read_tile_by_tile_into_a_zarr_label_array(tmp_path, disc
     assert same_partition(np.asarray(out[:]), truth)
     assert max(lazy.reads) <= max(160 * 160, 20_000 + 700)  # never the whole image at once
     assert sum(lazy.reads) < 4 * image.size
+
+
+class AdaptiveCropBlobs(BlobModel):
+    """Like Nishimura-1's per-image windows: every forward pass picks its own crop size."""
+
+    def predict(self, image: torch.Tensor) -> list[Instances]:
+        self.crop_size = (40, 48, 56)[len(self.calls) % 3]
+        return super().predict(image)
+
+
+def test_tiles_with_different_crop_sizes_are_merged(discs):
+    image, truth = discs
+    model = AdaptiveCropBlobs()
+    inst = Predictor(model, tile_size=192, overlap=80, batch_size=1).predict_instances(image)
+    assert len(model.calls) >= 3 and inst.masks.shape[-1] == 56
+    assert len(inst) == truth.max()
+    untiled = Predictor(BlobModel(), tile_size=1024).predict(image)
+    assert same_partition(inst.to_label_image(), untiled)

@@ -306,13 +306,7 @@ class Predictor:
         if not parts or sum(len(p) for p in parts) == 0:
             size = int(parts[0].masks.shape[-1]) if parts else 1
             return Instances.empty((h, w), size)
-        merged = Instances(
-            torch.cat([p.scores for p in parts]),
-            torch.cat([p.locations for p in parts]),
-            torch.cat([p.masks for p in parts]),
-            torch.cat([p.origins for p in parts]),
-            (h, w),
-        )
+        merged = Instances.concat(parts, (h, w))  # tiles may return different crop sizes
         if len(parts) > 1:
             keep = cross_tile_duplicates(
                 merged.locations.numpy().astype(np.float64),

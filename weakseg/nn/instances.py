@@ -45,6 +45,31 @@ class Instances:
             image_shape=self.image_shape,
         )
 
+    @classmethod
+    def concat(cls, parts: list[Instances], image_shape: tuple[int, int]) -> Instances:
+        """One Instances from several (e.g. the tiles of an image) in the same frame.
+
+        Parts may have different crop sizes (strategies with adaptive crops, such as Nishimura-1's
+        per-image window): smaller crops are zero-padded at the bottom and right to the largest
+        size, which keeps every mask pixel where it was (crops are anchored at their origin).
+        """
+        if not parts:
+            return cls.empty(image_shape)
+        size = max(int(p.masks.shape[-1]) for p in parts)
+        masks = [
+            p.masks
+            if p.masks.shape[-1] == size
+            else torch.nn.functional.pad(p.masks, (0, size - p.masks.shape[-1], 0, size - p.masks.shape[-2]))
+            for p in parts
+        ]
+        return cls(
+            scores=torch.cat([p.scores for p in parts]),
+            locations=torch.cat([p.locations for p in parts]),
+            masks=torch.cat(masks),
+            origins=torch.cat([p.origins for p in parts]),
+            image_shape=tuple(image_shape),
+        )
+
     def to(self, device: torch.device | str) -> Instances:
         moved = [t.to(device) for t in (self.scores, self.locations, self.masks, self.origins)]
         return Instances(*moved, image_shape=self.image_shape)
@@ -67,7 +92,7 @@ class Instances:
         if len(self) == 0:
             return label
         scores = self.scores.detach().float().cpu().numpy()
-        masks = (self.masks.detach().float().cpu().numpy() >= mask_threshold)
+        masks = self.masks.detach().float().cpu().numpy() >= mask_threshold
         origins = self.origins.detach().cpu().numpy().astype(np.int64)
         best = np.full((h, w), -np.inf, np.float32)
         order = np.argsort(-scores, kind="stable")
