@@ -100,6 +100,34 @@ def test_predict_all_good_exits_zero_and_scale(tmp_path, inputs, blob_checkpoint
     assert labels.shape == truth.shape and labels.max() == truth.max()
 
 
+def test_small_images_of_equal_size_are_batched(tmp_path, blob_checkpoint, capsys):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    truths = {}
+    for k in range(5):
+        shape = (96, 112) if k < 4 else (80, 80)
+        image, truth = disc_image(shape, 4, seed=10 + k)
+        tifffile.imwrite(folder / f"s{k}.tif", image[0])
+        truths[f"s{k}"] = truth
+    broken = np.zeros((96, 112, 3, 2, 2), np.uint8)  # 5-D: not an image
+    tifffile.imwrite(folder / "z_broken.tif", broken, photometric="minisblack")
+    results = {}
+    for batch in ("1", "3"):
+        out = tmp_path / f"out{batch}"
+        args = [str(blob_checkpoint), str(folder), "-o", str(out), "--batch-size", batch, "--format", "tiff,csv"]
+        code = main(["predict", *args, "--quiet"])
+        assert code == 1 and "z_broken.tif" in capsys.readouterr().err
+        summary = json.loads((out / "summary.json").read_text())
+        results[batch] = {r["name"]: r["batch"] for r in summary["predicted"]}
+        for name, truth in truths.items():
+            assert same_partition(tifffile.imread(out / f"{name}.tif"), truth), (batch, name)
+            assert len((out / f"{name}.csv").read_text().splitlines()) == truth.max() + 1
+    assert set(results["1"]) == set(results["3"]) == set(truths)
+    assert set(results["1"].values()) == {1}
+    # four 96 x 112 images: one batch of 3 and one of 1; the 80 x 80 image alone
+    assert sorted(results["3"].values()) == [1, 1, 3, 3, 3]
+
+
 def test_user_errors_exit_2(tmp_path, inputs, blob_checkpoint, capsys):
     folder, _ = inputs
     assert main(["predict", str(blob_checkpoint), str(folder), "-o", str(tmp_path / "o"), "--format", "tif"]) == 2

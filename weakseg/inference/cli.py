@@ -1,10 +1,11 @@
 """``weakseg predict CHECKPOINT INPUT... -o OUT``: segment images of any size with a trained model.
 
 Inputs are TIFF/PNG/JPEG files, folders of them and zarr / OME-Zarr stores (every image inside).
-Each image is predicted on its own; one that cannot be read or predicted is reported by name and
-the others still finish. The command ends with a summary (also written to ``OUT/summary.json``)
-and exits non-zero when anything failed. With ``--dask-scheduler ADDRESS`` the images are spread
-over the workers of a running dask.distributed cluster (paths must be visible to the workers).
+Large images are tiled; small images of equal size are predicted ``--batch-size`` at a time. An
+image that cannot be read or predicted is reported by name and the others still finish. The
+command ends with a summary (also written to ``OUT/summary.json``) and exits non-zero when
+anything failed. With ``--dask-scheduler ADDRESS`` the images are spread over the workers of a
+running dask.distributed cluster (paths must be visible to the workers).
 
 Heavy libraries are imported inside the command so that ``weakseg --help`` stays fast.
 """
@@ -60,7 +61,12 @@ def register(subparsers: Any) -> None:
         help="use this training group's (cell line's) resize factor when groups were resized differently",
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (default 4)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=4,
+        help="tiles, or small images of equal size, per forward pass (default 4)",
+    )
     p.add_argument("--tile-size", type=int, default=1024, help="tile edge in model pixels (default 1024)")
     p.add_argument("--overlap", type=int, default=128, help="tile overlap in model pixels (default 128)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16 = torch.autocast bfloat16")
@@ -115,6 +121,50 @@ def predictor_options(args: argparse.Namespace) -> dict[str, Any]:
     return opts
 
 
+def write_outputs(
+    item: Any,
+    view: Any,
+    labels: Any,
+    table: Any,
+    out_dir: Path,
+    formats: tuple[str, ...],
+    *,
+    zarr_into_input: bool = False,
+) -> list[str]:
+    """Write the requested outputs of one predicted image; returns their paths."""
+    from weakseg.inference import export
+
+    outputs: list[str] = []
+    name = item.name
+    if "tiff" in formats:
+        outputs.append(str(export.write_tiff(out_dir / f"{name}.tif", labels)))
+    if "zarr" in formats:
+        if zarr_into_input and item.path.is_dir():
+            group = item.path if item.key is None else item.path / item.key
+            outputs.append(str(export.add_labels_to_ome_zarr(group, labels)))
+        else:
+            outputs.append(str(export.write_zarr_labels(out_dir / f"{name}.ome.zarr", labels)))
+    if "coco" in formats:
+        outputs.append(str(export.write_coco(out_dir / f"{name}.coco.json", labels, table, file_name=item.source)))
+    if "csv" in formats:
+        outputs.append(str(export.write_csv(out_dir / f"{name}.csv", labels, view, table)))
+    if "png" in formats:
+        outputs.append(str(export.write_png_overlay(out_dir / f"{name}_overlay.png", labels, view)))
+    return outputs
+
+
+def _record(item: Any, shape: Any, table: Any, outputs: list[str], seconds: float, batch: int = 1) -> dict[str, Any]:
+    return {
+        "name": item.name,
+        "source": item.source,
+        "shape": list(shape),
+        "cells": len(table.scores),
+        "outputs": outputs,
+        "seconds": round(seconds, 3),
+        "batch": batch,
+    }
+
+
 def predict_one(
     predictor: Any,
     item: Any,
@@ -124,37 +174,92 @@ def predict_one(
     zarr_into_input: bool = False,
     progress: Any = None,
 ) -> dict[str, Any]:
-    """Predict one :class:`~weakseg.inference.io.InputImage` and write the requested outputs."""
-    from weakseg.inference import export
-
+    """Predict one :class:`~weakseg.inference.io.InputImage` (tiled) and write the requested outputs."""
     start = time.perf_counter()
-    outputs: list[str] = []
     with item.open() as view:
         labels, table = predictor.predict_labels(view, progress=progress)
-        name = item.name
-        if "tiff" in formats:
-            outputs.append(str(export.write_tiff(out_dir / f"{name}.tif", labels)))
-        if "zarr" in formats:
-            if zarr_into_input and item.path.is_dir():
-                group = item.path if item.key is None else item.path / item.key
-                outputs.append(str(export.add_labels_to_ome_zarr(group, labels)))
-            else:
-                outputs.append(str(export.write_zarr_labels(out_dir / f"{name}.ome.zarr", labels)))
-        if "coco" in formats:
-            outputs.append(str(export.write_coco(out_dir / f"{name}.coco.json", labels, table, file_name=item.source)))
-        if "csv" in formats:
-            outputs.append(str(export.write_csv(out_dir / f"{name}.csv", labels, view, table)))
-        if "png" in formats:
-            outputs.append(str(export.write_png_overlay(out_dir / f"{name}_overlay.png", labels, view)))
+        outputs = write_outputs(item, view, labels, table, out_dir, formats, zarr_into_input=zarr_into_input)
         shape = view.shape
-    return {
-        "name": item.name,
-        "source": item.source,
-        "shape": list(shape),
-        "cells": len(table.scores),
-        "outputs": outputs,
-        "seconds": round(time.perf_counter() - start, 3),
-    }
+    return _record(item, shape, table, outputs, time.perf_counter() - start)
+
+
+def predict_small_batch(
+    predictor: Any,
+    batch: list[tuple[Any, Any]],
+    out_dir: Path,
+    formats: tuple[str, ...],
+    *,
+    zarr_into_input: bool = False,
+) -> list[dict[str, Any]]:
+    """Predict equally shaped small images (``(item, array)`` pairs) in one forward pass, then write each."""
+    start = time.perf_counter()
+    instances = predictor.predict_batch([array for _item, array in batch])
+    seconds = (time.perf_counter() - start) / len(batch)
+    records = []
+    for (item, array), inst in zip(batch, instances, strict=True):
+        t0 = time.perf_counter()
+        labels, table = predictor.labels_from_instances(inst)
+        outputs = write_outputs(item, array, labels, table, out_dir, formats, zarr_into_input=zarr_into_input)
+        records.append(_record(item, array.shape, table, outputs, seconds + time.perf_counter() - t0, len(batch)))
+    return records
+
+
+class SmallImageBatcher:
+    """Collects small images (one tile each) by shape and predicts them ``batch_size`` at a time.
+
+    Images of many small files (a folder of 512 x 512 PNGs) otherwise run one per forward pass,
+    which leaves a GPU mostly idle. Large images are tiled and batched by tiles instead. A batch
+    that fails is retried image by image, so that only the bad image is reported.
+    """
+
+    def __init__(self, predictor: Any, out_dir: Path, formats: tuple[str, ...], zarr_into_input: bool) -> None:
+        self.predictor = predictor
+        self.out_dir = out_dir
+        self.formats = formats
+        self.zarr_into_input = zarr_into_input
+        self.pending: dict[tuple[int, ...], list[tuple[Any, Any]]] = {}
+
+    def add(self, item: Any, array: Any) -> list[tuple[Any, dict[str, Any] | BaseException]]:
+        """Queue one image; returns the results of any batch this completed."""
+        group = self.pending.setdefault(tuple(array.shape), [])
+        group.append((item, array))
+        if len(group) >= self.predictor.batch_size:
+            return self._flush(tuple(array.shape))
+        if sum(len(g) for g in self.pending.values()) >= 4 * self.predictor.batch_size:  # bound memory
+            return self.finish()
+        return []
+
+    def finish(self) -> list[tuple[Any, dict[str, Any] | BaseException]]:
+        """Predict everything still queued."""
+        results = []
+        for shape in list(self.pending):
+            results += self._flush(shape)
+        return results
+
+    def _flush(self, shape: tuple[int, ...]) -> list[tuple[Any, dict[str, Any] | BaseException]]:
+        batch = self.pending.pop(shape, [])
+        if not batch:
+            return []
+        try:
+            records = predict_small_batch(
+                self.predictor, batch, self.out_dir, self.formats, zarr_into_input=self.zarr_into_input
+            )
+            return [(item, rec) for (item, _a), rec in zip(batch, records, strict=True)]
+        except Exception:  # noqa: BLE001 - find the bad image: retry one by one
+            results: list[tuple[Any, dict[str, Any] | BaseException]] = []
+            for item, array in batch:
+                try:
+                    (rec,) = predict_small_batch(
+                        self.predictor,
+                        [(item, array)],
+                        self.out_dir,
+                        self.formats,
+                        zarr_into_input=self.zarr_into_input,
+                    )
+                    results.append((item, rec))
+                except Exception as exc:  # noqa: BLE001
+                    results.append((item, exc))
+            return results
 
 
 _WORKER_PREDICTORS: dict[str, Any] = {}
@@ -211,6 +316,17 @@ def run_predict(args: argparse.Namespace) -> int:
 
             predictor = load_predictor(args.checkpoint, **options)  # a bad checkpoint stops everything (exit 2)
             tiles = bar.add_task("tiles", total=None, visible=False)
+            batcher = SmallImageBatcher(predictor, out_dir, formats, args.zarr_into_input)
+
+            def report(results: list[tuple[Any, dict[str, Any] | BaseException]]) -> None:
+                for item, outcome in results:
+                    if isinstance(outcome, BaseException):
+                        failures.append({"source": item.source, "error": _failure(item.source, outcome)})
+                        console.print(f"[red]error[/red]: {failures[-1]['error']}", highlight=False)
+                    else:
+                        done.append(outcome)
+                    bar.advance(overall)
+
             for item in images:
                 bar.update(tiles, description=f"  {item.name}", completed=0, total=None, visible=True)
 
@@ -218,15 +334,31 @@ def run_predict(args: argparse.Namespace) -> int:
                     bar.update(_task, completed=n, total=total)
 
                 try:
-                    done.append(
-                        predict_one(
-                            predictor, item, out_dir, formats, zarr_into_input=args.zarr_into_input, progress=tick
-                        )
+                    if predictor.batch_size > 1:
+                        with item.open() as view:
+                            small = predictor.fits_one_tile(view.shape)
+                            array = view.read() if small else None  # small: read whole, (C, H, W)
+                        if array is not None:
+                            report(batcher.add(item, array))
+                            continue
+                    report(
+                        [
+                            (
+                                item,
+                                predict_one(
+                                    predictor,
+                                    item,
+                                    out_dir,
+                                    formats,
+                                    zarr_into_input=args.zarr_into_input,
+                                    progress=tick,
+                                ),
+                            )
+                        ]
                     )
                 except Exception as exc:  # noqa: BLE001 - one bad image must not stop the others
-                    failures.append({"source": item.source, "error": _failure(item.source, exc)})
-                    console.print(f"[red]error[/red]: {failures[-1]['error']}", highlight=False)
-                bar.advance(overall)
+                    report([(item, exc)])
+            report(batcher.finish())
             bar.update(tiles, visible=False)
     elapsed = time.perf_counter() - start
     summary = {

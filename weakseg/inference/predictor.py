@@ -343,6 +343,30 @@ class Predictor:
                 )
         return stitcher.finish()
 
+    def labels_from_instances(self, inst: Instances) -> tuple[np.ndarray, LabelTable]:
+        """Label image and table of one image's instances, pasted exactly as :meth:`predict_labels` does."""
+        stitcher = LabelStitcher(
+            inst.image_shape,
+            None,
+            score_threshold=self.score_threshold,
+            mask_threshold=self.mask_threshold,
+            min_area=self.min_area,
+            dedup_distance=self.dedup_distance / self.scale,
+        )
+        if len(inst):
+            stitcher.add(
+                inst.scores.numpy(),
+                inst.locations.numpy(),
+                (inst.masks >= self.mask_threshold).numpy(),
+                inst.origins.numpy(),
+                tile_index=0,
+            )
+        return stitcher.finish()
+
+    def fits_one_tile(self, shape: Sequence[int]) -> bool:
+        """Whether an image of (..., H, W) ``shape`` is predicted in one forward pass (batchable)."""
+        return max(int(shape[-2]), int(shape[-1])) <= self.tile_size / self.scale
+
     def predict(self, image: Any) -> np.ndarray:
         """An int32 instance label image of ``image`` (0 background, 1..M by decreasing score)."""
         labels, _ = self.predict_labels(image)
@@ -354,9 +378,8 @@ class Predictor:
         results: list[Instances | None] = [None] * len(images)
         small: dict[tuple[int, ...], list[int]] = {}
         views = [self._view(im) for im in images]
-        limit = self.tile_size / self.scale
         for i, v in enumerate(views):
-            if max(v.shape[1:]) <= limit:
+            if self.fits_one_tile(v.shape):
                 small.setdefault(v.shape, []).append(i)
             else:
                 results[i] = self.predict_instances(v)
