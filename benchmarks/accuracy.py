@@ -185,8 +185,16 @@ def bar_checks(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def write_table(rows: list[dict[str, Any]], out: Path) -> str:
+    import platform
+
+    steps = sorted({r["steps"] for r in rows if r.get("steps")})
+    budget = f"train.steps={steps[0]} for every trained recipe" if len(steps) == 1 else "the recipes' own train.steps"
+    setting = (
+        f"{budget}; test split; {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}); "
+        f"load average at the end of each run: {', '.join(str(r['load_average_1min']) for r in rows)}"
+    )
     header = "| dataset | strategy | AP50 | AP75 | mAP | Dice | F1 | train s | eval s |"
-    lines = [header, "|" + "---|" * 9]
+    lines = [setting, "", header, "|" + "---|" * 9]
     for r in rows:
         cells = [r["dataset"], STRATEGIES[r["strategy"]]["label"]]
         cells += [f"{r[k]:.3f}" if r[k] is not None else "-" for k in METRICS]
