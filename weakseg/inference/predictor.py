@@ -324,14 +324,7 @@ class Predictor:
         locations; label k has the k-th highest score among the pasted instances."""
         view = self._view(image)
         _, h, w = view.shape
-        stitcher = LabelStitcher(
-            (h, w),
-            out,
-            score_threshold=self.score_threshold,
-            mask_threshold=self.mask_threshold,
-            min_area=self.min_area,
-            dedup_distance=self.dedup_distance / self.scale,
-        )
+        stitcher = self._stitcher((h, w), out)
         for index, _tile, inst in self.iter_tiles(view, progress, binary=True):
             if len(inst):
                 stitcher.add(
@@ -343,16 +336,19 @@ class Predictor:
                 )
         return stitcher.finish()
 
-    def labels_from_instances(self, inst: Instances) -> tuple[np.ndarray, LabelTable]:
-        """Label image and table of one image's instances, pasted exactly as :meth:`predict_labels` does."""
-        stitcher = LabelStitcher(
-            inst.image_shape,
-            None,
+    def _stitcher(self, shape: tuple[int, int], out: Any = None) -> LabelStitcher:
+        return LabelStitcher(
+            shape,
+            out,
             score_threshold=self.score_threshold,
             mask_threshold=self.mask_threshold,
             min_area=self.min_area,
             dedup_distance=self.dedup_distance / self.scale,
         )
+
+    def labels_from_instances(self, inst: Instances) -> tuple[np.ndarray, LabelTable]:
+        """Label image and table of one image's instances, pasted exactly as :meth:`predict_labels` does."""
+        stitcher = self._stitcher(inst.image_shape)
         if len(inst):
             stitcher.add(
                 inst.scores.numpy(),
