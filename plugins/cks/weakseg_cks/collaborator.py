@@ -7,8 +7,12 @@ channels and can have one output channel per group (cell line); the channel is p
 image's group index. Its low capacity is the point (Table VII): it regularises the principal model.
 
 Normalisation is a per-channel instance norm with a learned bias and no scale (GroupNorm with one
-channel per group), activation ReLU, as in the reference implementation (>= 0.8, where the norm
-is taken over (H, W) of each image).
+channel per group), as in the reference implementation (>= 0.8, where the norm is taken over (H, W)
+of each image). The reference activation is ReLU (``activation="relu"``). weakseg's default is a
+leaky ReLU (slope 0.1): with ReLU the foreground net of a joint CKS run can end with every decoder
+channel at zero over the cells, so its output there is pinned at sigmoid(head bias) ~ 0.5 and no
+gradient reaches the layers below (measured on Usiigaci and Kromp, README "Results on real
+images"); the collaborator then never tells the principal model that the cells are foreground.
 
 Table VII variants: ``a1`` is the default U-Net; ``a2``/``a3`` are deeper U-Nets (every U-Net
 starts at 16 channels and doubles its width at each down-scaling, Fig. 6); ``b1`` is the default
@@ -51,12 +55,30 @@ class BiasOnlyInstanceNorm(nn.Module):
         return F.group_norm(x, self.channels, self.scale, self.bias, self.eps)
 
 
-def conv_norm_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
-    """3x3 conv (no bias: the norm's bias replaces it) -> bias-only instance norm -> ReLU."""
+#: Activations a collaborator can use (recipe key ``collaborator.activation``).
+ACTIVATIONS = ("leaky_relu", "relu", "gelu")
+
+#: Negative slope of the ``leaky_relu`` activation.
+LEAKY_SLOPE = 0.1
+
+
+def make_activation(name: str) -> nn.Module:
+    """The activation module called ``name`` (one of :data:`ACTIVATIONS`)."""
+    if name == "relu":
+        return nn.ReLU(inplace=True)
+    if name == "leaky_relu":
+        return nn.LeakyReLU(LEAKY_SLOPE, inplace=True)
+    if name == "gelu":
+        return nn.GELU()
+    raise ValueError(f"unknown collaborator activation {name!r} (use one of {', '.join(ACTIVATIONS)})")
+
+
+def conv_norm_act(in_channels: int, out_channels: int, stride: int = 1, activation: str = "relu") -> nn.Sequential:
+    """3x3 conv (no bias: the norm's bias replaces it) -> bias-only instance norm -> activation."""
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
         BiasOnlyInstanceNorm(out_channels),
-        nn.ReLU(inplace=True),
+        make_activation(activation),
     )
 
 
@@ -67,7 +89,9 @@ class UNet(nn.Module):
     skip's size, concatenate, two convs with the skip's width; head: 3x3 conv with bias.
     """
 
-    def __init__(self, in_channels: int, widths: Sequence[int], out_channels: int) -> None:
+    def __init__(
+        self, in_channels: int, widths: Sequence[int], out_channels: int, activation: str = "relu"
+    ) -> None:
         super().__init__()
         widths = tuple(int(w) for w in widths)
         if not widths:
@@ -77,12 +101,20 @@ class UNet(nn.Module):
         prev = in_channels
         for k, width in enumerate(widths):
             self.down.append(
-                nn.Sequential(conv_norm_relu(prev, width, stride=1 if k == 0 else 2), conv_norm_relu(width, width))
+                nn.Sequential(
+                    conv_norm_act(prev, width, stride=1 if k == 0 else 2, activation=activation),
+                    conv_norm_act(width, width, activation=activation),
+                )
             )
             prev = width
         self.up = nn.ModuleList()
         for width in reversed(widths[:-1]):
-            self.up.append(nn.Sequential(conv_norm_relu(prev + width, width), conv_norm_relu(width, width)))
+            self.up.append(
+                nn.Sequential(
+                    conv_norm_act(prev + width, width, activation=activation),
+                    conv_norm_act(width, width, activation=activation),
+                )
+            )
             prev = width
         self.head = nn.Conv2d(widths[0], out_channels, 3, padding=1)
 
@@ -100,14 +132,16 @@ class UNet(nn.Module):
 
 
 class ConvStack(nn.Module):
-    """A plain CNN: one conv-norm-ReLU layer per entry of ``widths`` (stride 1), then a 3x3 head."""
+    """A plain CNN: one conv-norm-activation layer per entry of ``widths`` (stride 1), then a 3x3 head."""
 
-    def __init__(self, in_channels: int, widths: Sequence[int], out_channels: int) -> None:
+    def __init__(
+        self, in_channels: int, widths: Sequence[int], out_channels: int, activation: str = "relu"
+    ) -> None:
         super().__init__()
         layers = []
         prev = in_channels
         for width in widths:
-            layers.append(conv_norm_relu(prev, int(width)))
+            layers.append(conv_norm_act(prev, int(width), activation=activation))
             prev = int(width)
         self.body = nn.Sequential(*layers)
         self.head = nn.Conv2d(prev, out_channels, 3, padding=1)
@@ -116,12 +150,14 @@ class ConvStack(nn.Module):
         return self.head(self.body(x))
 
 
-def make_net(kind: str, in_channels: int, widths: Sequence[int], out_channels: int) -> nn.Module:
+def make_net(
+    kind: str, in_channels: int, widths: Sequence[int], out_channels: int, activation: str = "relu"
+) -> nn.Module:
     """A ``unet`` or a ``cnn`` of the given widths."""
     if kind == "unet":
-        return UNet(in_channels, widths, out_channels)
+        return UNet(in_channels, widths, out_channels, activation)
     if kind == "cnn":
-        return ConvStack(in_channels, widths, out_channels)
+        return ConvStack(in_channels, widths, out_channels, activation)
     raise ValueError(f"unknown collaborator net kind {kind!r} (use 'unet' or 'cnn')")
 
 
@@ -170,11 +206,13 @@ def build_collaborator(
     foreground_widths: Sequence[int] | None = None,
     border_widths: Sequence[int] | None = None,
     per_group: bool = True,
+    activation: str = "leaky_relu",
 ) -> Collaborator:
     """Build a collaborator from Table VII variant names, optionally with explicit widths."""
+    make_activation(activation)  # fail early on an unknown name
     n_out = max(int(n_groups), 1) if per_group else 1
     fg_kind, fg_widths = VARIANTS[foreground]
     bd_kind, bd_widths = VARIANTS[border]
-    fg_net = make_net(fg_kind, in_channels, foreground_widths or fg_widths, n_out)
-    bd_net = make_net(bd_kind, in_channels, border_widths or bd_widths, n_out)
+    fg_net = make_net(fg_kind, in_channels, foreground_widths or fg_widths, n_out, activation)
+    bd_net = make_net(bd_kind, in_channels, border_widths or bd_widths, n_out, activation)
     return Collaborator(fg_net, bd_net, n_out)

@@ -35,7 +35,9 @@ class CksCollaboratorConfig:
 
     ``foreground`` / ``border`` pick a net of the paper's Table VII (a1-a3, b1-b2); explicit
     ``*_widths`` override the channel widths; ``per_group`` gives one output channel per group
-    (cell line), chosen by the image's group index.
+    (cell line), chosen by the image's group index. ``activation`` is ``leaky_relu`` (slope 0.1) by
+    default; ``relu`` is the reference implementation's, which can leave the foreground net stuck at
+    ~0.5 over the cells (see :mod:`weakseg_cks.collaborator`).
     """
 
     foreground: Literal["a1", "a2", "a3"] = "a1"
@@ -43,6 +45,7 @@ class CksCollaboratorConfig:
     foreground_widths: tuple[int, ...] | None = attrs.field(default=None, converter=_widths)
     border_widths: tuple[int, ...] | None = attrs.field(default=None, converter=_widths)
     per_group: bool = True
+    activation: Literal["leaky_relu", "relu", "gelu"] = "leaky_relu"
 
     def build(self, *, in_channels: int, n_groups: int = 1, **_: Any) -> Any:
         from weakseg_cks.collaborator import build_collaborator
@@ -55,6 +58,7 @@ class CksCollaboratorConfig:
             foreground_widths=self.foreground_widths,
             border_widths=self.border_widths,
             per_group=self.per_group,
+            activation=self.activation,
         )
 
 

@@ -117,3 +117,29 @@ def test_trains_under_bf16_autocast():
         out = collab(image, torch.tensor([1]))
     (out.foreground.float().sum() + out.border.float().sum()).backward()
     assert all(p.grad is not None for p in collab.parameters())
+
+
+@pytest.mark.parametrize(("activation", "module"), [("leaky_relu", torch.nn.LeakyReLU), ("relu", torch.nn.ReLU)])
+def test_activation_is_a_recipe_key_with_leaky_relu_default(activation, module):
+    kwargs = {} if activation == "leaky_relu" else {"activation": activation}
+    collab = CollaboratorSpec.of("cks", **kwargs).build(in_channels=1, n_groups=1)
+    acts = [m for m in collab.modules() if isinstance(m, (torch.nn.ReLU, torch.nn.LeakyReLU, torch.nn.GELU))]
+    assert acts and all(type(m) is module for m in acts)
+
+
+def test_unknown_activation_is_refused_by_name():
+    with pytest.raises(ValueError, match="unknown collaborator activation 'tanh'"):
+        build_collaborator(1, 1, activation="tanh")
+
+
+@pytest.mark.parametrize(("activation", "gradient_reaches_input_layer"), [("relu", False), ("leaky_relu", True)])
+def test_dead_decoder_channels_block_learning_only_with_relu(activation, gradient_reaches_input_layer):
+    # the failure the leaky default avoids: when every last-decoder channel is negative before the
+    # activation, a ReLU net's output is its head bias and no gradient reaches the layers below
+    torch.manual_seed(0)
+    net = UNet(1, (4, 8), 1, activation=activation)
+    with torch.no_grad():
+        net.up[-1][-1][1].bias.fill_(-100.0)  # the norm of the last decoder layer
+    net(torch.randn(1, 1, 16, 16)).sum().backward()
+    first_conv = net.down[0][0][0].weight
+    assert (first_conv.grad.abs().sum() > 0).item() is gradient_reaches_input_layer
