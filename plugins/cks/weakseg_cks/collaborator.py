@@ -12,7 +12,7 @@ of each image). The reference activation is ReLU (``activation="relu"``). weakse
 leaky ReLU (slope 0.1): with ReLU the foreground net of a joint CKS run can end with every decoder
 channel at zero over the cells, so its output there is pinned at sigmoid(head bias) ~ 0.5 and no
 gradient reaches the layers below (measured on Usiigaci and Kromp, README "Results on real
-images"); the collaborator then never tells the principal model that the cells are foreground.
+data"); the collaborator then never tells the principal model that the cells are foreground.
 
 Table VII variants: ``a1`` is the default U-Net; ``a2``/``a3`` are deeper U-Nets (every U-Net
 starts at 16 channels and doubles its width at each down-scaling, Fig. 6); ``b1`` is the default
@@ -73,7 +73,9 @@ def make_activation(name: str) -> nn.Module:
     raise ValueError(f"unknown collaborator activation {name!r} (use one of {', '.join(ACTIVATIONS)})")
 
 
-def conv_norm_act(in_channels: int, out_channels: int, stride: int = 1, activation: str = "relu") -> nn.Sequential:
+def conv_norm_act(
+    in_channels: int, out_channels: int, stride: int = 1, activation: str = "leaky_relu"
+) -> nn.Sequential:
     """3x3 conv (no bias: the norm's bias replaces it) -> bias-only instance norm -> activation."""
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
@@ -90,7 +92,7 @@ class UNet(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, widths: Sequence[int], out_channels: int, activation: str = "relu"
+        self, in_channels: int, widths: Sequence[int], out_channels: int, activation: str = "leaky_relu"
     ) -> None:
         super().__init__()
         widths = tuple(int(w) for w in widths)
@@ -135,7 +137,7 @@ class ConvStack(nn.Module):
     """A plain CNN: one conv-norm-activation layer per entry of ``widths`` (stride 1), then a 3x3 head."""
 
     def __init__(
-        self, in_channels: int, widths: Sequence[int], out_channels: int, activation: str = "relu"
+        self, in_channels: int, widths: Sequence[int], out_channels: int, activation: str = "leaky_relu"
     ) -> None:
         super().__init__()
         layers = []
@@ -151,7 +153,7 @@ class ConvStack(nn.Module):
 
 
 def make_net(
-    kind: str, in_channels: int, widths: Sequence[int], out_channels: int, activation: str = "relu"
+    kind: str, in_channels: int, widths: Sequence[int], out_channels: int, activation: str = "leaky_relu"
 ) -> nn.Module:
     """A ``unet`` or a ``cnn`` of the given widths."""
     if kind == "unet":
@@ -209,7 +211,6 @@ def build_collaborator(
     activation: str = "leaky_relu",
 ) -> Collaborator:
     """Build a collaborator from Table VII variant names, optionally with explicit widths."""
-    make_activation(activation)  # fail early on an unknown name
     n_out = max(int(n_groups), 1) if per_group else 1
     fg_kind, fg_widths = VARIANTS[foreground]
     bd_kind, bd_widths = VARIANTS[border]
