@@ -127,6 +127,29 @@ def test_input_scale_info_records_how_training_images_were_resized(store):
     assert plain["group_scales"] == {"g1": 1.0, "g2": 1.0} and plain["cell_diameter"] is None
 
 
+def test_rescale_image_gives_each_training_image_its_own_factor(tmp_path):
+    """One group that mixes magnifications: per group, both images share one factor (the small cells end
+    far below the target size); with data.rescale: image each image's cells reach the target."""
+    from weakseg.data.cellsize import diameter_from_labels
+
+    small = disc_labels((160, 160), 40, seed=1, r=(5, 6))
+    large = disc_labels((160, 160), 12, seed=2, r=(14, 16))
+    path = write_store(
+        tmp_path / "mixed.zarr",
+        [
+            {"id": "lo", "image": cell_image(small), "labels": small},
+            {"id": "hi", "image": cell_image(large), "labels": large},
+        ],
+    )
+    per_group = {e.image_id: e.scale for e in build_train_dataset(config(path, target_cell_size=20.0), seed=0).entries}
+    assert per_group["lo"] == per_group["hi"]
+    per_image = build_train_dataset(config(path, target_cell_size=20.0, rescale="image"), seed=0)
+    scales = {e.image_id: e.scale for e in per_image.entries}
+    for image_id, labels in (("lo", small), ("hi", large)):
+        assert scales[image_id] * diameter_from_labels(labels) == pytest.approx(20.0, rel=1e-6)
+    assert scales["lo"] > 2 * scales["hi"]
+
+
 @pytest.mark.slow
 def test_a_synthetic_recipe_store_is_generated_then_streamed(tmp_path):
     from weakseg.recipe import SyntheticData

@@ -110,35 +110,25 @@ def _no_images_message(path: Path, store: Any, split: str, groups: Sequence[str]
     )
 
 
-_SCALE_CACHE: dict[tuple[Any, ...], dict[str, float]] = {}
+_DIAMETER_CACHE: dict[tuple[Any, ...], dict[str, tuple[str, float]]] = {}
 
 
-def resolve_group_scales(cfg: DataConfig, store: Any = None, seed: int = 0) -> dict[str, float]:
-    """Scale factor per group name: ``cfg.group_scales``, else ``cfg.target_cell_size`` / typical diameter.
-
-    Diameters are measured on the training split (the scale a model was trained at is the scale it
-    must be applied at); groups absent from it are measured on the other images of the store.
-    Results are cached per process.
-    """
+def measure_image_diameters(cfg: DataConfig, store: Any = None, seed: int = 0) -> dict[str, tuple[str, float]]:
+    """``{image_id: (group, typical cell diameter)}`` for the training split plus the images of groups
+    absent from it (see :mod:`weakseg.data.cellsize` for how a diameter is measured); images whose
+    size cannot be measured are left out. Cached per process."""
     from weakseg.data import cellsize
-
-    store = store if store is not None else _open(store_path(cfg))
-    groups = list(store.groups)
-    if cfg.target_cell_size is None or all(g in cfg.group_scales for g in groups):
-        return cellsize.group_scales(groups, {}, target_cell_size=None, fixed=cfg.group_scales)
-    fixed = tuple(sorted(cfg.group_scales.items()))
-    key = (str(Path(store.path).resolve()), cfg.train_split, cfg.target_cell_size, fixed)
-    if key in _SCALE_CACHE:
-        return dict(_SCALE_CACHE[key])
     from weakseg.data.labels import points_for
 
-    diameters: dict[str, list[float]] = {}
+    store = store if store is not None else _open(store_path(cfg))
+    key = (str(Path(store.path).resolve()), cfg.train_split, repr(cfg.label_source), seed)
+    if key in _DIAMETER_CACHE:
+        return dict(_DIAMETER_CACHE[key])
     infos = _select(store, cfg.train_split, ())
     train_groups = {info.group for info in infos}
     infos += [info for info in store.images if info.group not in train_groups]
+    out: dict[str, tuple[str, float]] = {}
     for info in infos:
-        if info.group in cfg.group_scales:
-            continue
 
         def labels(info: Any = info) -> np.ndarray | None:
             arr = store.labels(info.image_id)
@@ -149,7 +139,27 @@ def resolve_group_scales(cfg: DataConfig, store: Any = None, seed: int = 0) -> d
 
         d = cellsize.image_diameter(info, labels, points)
         if d is not None:
-            diameters.setdefault(info.group, []).append(d)
+            out[info.image_id] = (info.group, d)
+    _DIAMETER_CACHE[key] = out
+    return dict(out)
+
+
+def resolve_group_scales(cfg: DataConfig, store: Any = None, seed: int = 0) -> dict[str, float]:
+    """Scale factor per group name: ``cfg.group_scales``, else ``cfg.target_cell_size`` / typical diameter.
+
+    Diameters are measured on the training split (the scale a model was trained at is the scale it
+    must be applied at); groups absent from it are measured on the other images of the store.
+    """
+    from weakseg.data import cellsize
+
+    store = store if store is not None else _open(store_path(cfg))
+    groups = list(store.groups)
+    if cfg.target_cell_size is None or all(g in cfg.group_scales for g in groups):
+        return cellsize.group_scales(groups, {}, target_cell_size=None, fixed=cfg.group_scales)
+    diameters: dict[str, list[float]] = {}
+    for group, d in measure_image_diameters(cfg, store, seed).values():
+        if group not in cfg.group_scales:
+            diameters.setdefault(group, []).append(d)
     missing = [g for g in groups if g not in cfg.group_scales and g not in diameters]
     if missing:
         warnings.warn(
@@ -157,10 +167,22 @@ def resolve_group_scales(cfg: DataConfig, store: Any = None, seed: int = 0) -> d
             "they are not rescaled (set data.group_scales for them)",
             stacklevel=2,
         )
-    scales = cellsize.group_scales(groups, diameters, target_cell_size=cfg.target_cell_size, fixed=cfg.group_scales)
-    _SCALE_CACHE[key] = scales
-    return dict(scales)
+    return cellsize.group_scales(groups, diameters, target_cell_size=cfg.target_cell_size, fixed=cfg.group_scales)
 
+
+def resolve_image_scales(cfg: DataConfig, store: Any = None, seed: int = 0) -> dict[str, float]:
+    """Scale factor per training image with ``data.rescale: image``: ``target_cell_size`` / the image's own
+    cell diameter, so that every training cell has about the target size even when the set mixes
+    magnifications. Images of a group in ``data.group_scales`` and images whose cells cannot be measured
+    keep their group factor. Empty with ``data.rescale: group`` or without ``target_cell_size``."""
+    if cfg.rescale != "image" or cfg.target_cell_size is None:
+        return {}
+    store = store if store is not None else _open(store_path(cfg))
+    return {
+        image_id: float(cfg.target_cell_size) / d
+        for image_id, (group, d) in measure_image_diameters(cfg, store, seed).items()
+        if group not in cfg.group_scales and d > 0
+    }
 
 
 def input_scale_info(cfg: DataConfig, store: Any = None) -> dict[str, Any]:
@@ -171,7 +193,8 @@ def input_scale_info(cfg: DataConfig, store: Any = None) -> dict[str, Any]:
     ``None`` when the run did not normalise cell size); ``pixel_size``: the pixel size of the
     training images when they all share one (``None`` otherwise). A new image with cells of
     diameter D is predicted at ``cell_diameter / D``; one of pixel size P at
-    ``group scale * P / pixel_size``.
+    ``group scale * P / pixel_size``. ``rescale``: ``image`` when every training image was resized by
+    its own cell size (new images then need a per-image size estimate), else ``group``.
     """
     store = store if store is not None else _open(store_path(cfg))
     scales = resolve_group_scales(cfg, store)
@@ -183,6 +206,7 @@ def input_scale_info(cfg: DataConfig, store: Any = None) -> dict[str, Any]:
         "group_scales": {g: float(s) for g, s in scales.items() if g in trained_groups},
         "cell_diameter": None if cfg.target_cell_size is None else float(cfg.target_cell_size),
         "pixel_size": None if pixel_size is None else float(pixel_size),
+        "rescale": cfg.rescale if cfg.target_cell_size is not None else "group",
     }
 
 # ------------------------------------------------------------------------------------------
@@ -535,6 +559,7 @@ def build_train_dataset(cfg: DataConfig, *, seed: int) -> CropDataset:
     if not infos:
         raise DataError(_no_images_message(path, store, cfg.train_split, cfg.groups))
     scales = resolve_group_scales(cfg, store, seed)
+    image_scales = resolve_image_scales(cfg, store, seed)
     groups = list(store.groups)
     entries, points, empty = [], [], []
     for info in infos:
@@ -546,7 +571,7 @@ def build_train_dataset(cfg: DataConfig, *, seed: int) -> CropDataset:
         shape = tuple(int(v) for v in info.shape)
         if len(shape) == 2:
             shape = (1, *shape)
-        scale = float(scales.get(info.group, 1.0))
+        scale = float(image_scales.get(info.image_id, scales.get(info.group, 1.0)))
         entries.append(
             ImageEntry(
                 image_id=info.image_id,
