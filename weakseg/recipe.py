@@ -136,8 +136,9 @@ class DataConfig:
     #: Fixed scale factor per group (cell line), e.g. {A172: 1.0, BV2: 2.6}; overrides target_cell_size.
     group_scales: dict[str, float] = attrs.field(factory=dict)
     #: How target_cell_size is applied: ``group`` (one factor per group from its median cell diameter,
-    #: the paper's per-cell-line scaling) or ``image`` (each training image by its own diameter, for sets
-    #: that mix magnifications; new images then get a diameter estimated by the model, in two passes).
+    #: the paper's per-cell-line scaling) or ``image`` (each image by its own measured diameter, for sets
+    #: that mix magnifications; evaluation then uses each image's known size, and prediction needs
+    #: ``--diameter`` per batch of images of one magnification).
     rescale: Literal["group", "image"] = "group"
     #: Only images of these groups are used (empty = all).
     groups: tuple[str, ...] = ()

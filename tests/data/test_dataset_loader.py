@@ -148,6 +148,11 @@ def test_rescale_image_gives_each_training_image_its_own_factor(tmp_path):
     for image_id, labels in (("lo", small), ("hi", large)):
         assert scales[image_id] * diameter_from_labels(labels) == pytest.approx(20.0, rel=1e-6)
     assert scales["lo"] > 2 * scales["hi"]
+    # evaluation images are scored at their own known size too
+    per_image_cfg = config(path, target_cell_size=20.0, rescale="image")
+    evals = {ev.image_id: ev.scale for ev in iter_eval_images(per_image_cfg, "train")}
+    assert evals == pytest.approx(scales)
+    assert {ev.scale for ev in iter_eval_images(config(path, target_cell_size=20.0), "train")} == {per_group["lo"]}
 
 
 @pytest.mark.slow

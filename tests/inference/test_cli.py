@@ -136,11 +136,6 @@ def test_user_errors_exit_2(tmp_path, inputs, blob_checkpoint, capsys):
     assert "missing.ckpt" in capsys.readouterr().err
     code = main(["predict", str(blob_checkpoint), str(folder), "-o", str(tmp_path / "o"), "--pixel-size", "0.5"])
     assert code == 2 and "training pixel size" in capsys.readouterr().err
-    code = main(["predict", str(blob_checkpoint), str(folder), "-o", str(tmp_path / "o"), "--diameter", "auto"])
-    assert code == 2 and "without data.target_cell_size" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["predict", str(blob_checkpoint), str(folder), "-o", str(tmp_path / "o"), "--diameter", "wide"])
-    assert "a number of pixels or 'auto'" in capsys.readouterr().err
 
 
 @pytest.mark.slow

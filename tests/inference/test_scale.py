@@ -83,67 +83,9 @@ def test_resolve_scale_recomputes_factors_of_an_old_checkpoint_from_its_store(tm
     assert expected != 1.0 and resolve_scale(old) == pytest.approx(expected)
 
 
-def test_estimate_scale_brings_the_models_own_cells_to_the_training_size():
-    """A real predictor (blob model): cells of diameter ~20 px predicted by a model trained at 40 px are
-    enlarged about 2x in a second pass; at the right size, or with nothing detected, one pass is kept."""
-    import numpy as np
-
-    from weakseg.inference.predictor import Predictor
-    from weakseg.inference.scale import estimate_scale, median_cell_diameter
-
-    image, labels = blob_model.disc_image((256, 256), 25, seed=3, radius=(9.5, 10.5))
-    model = blob_model.BlobModel(crop_size=48)
-    calls: list[float] = []
-
-    def predict(scale: float):
-        calls.append(scale)
-        return Predictor(model, scale=scale, score_threshold=0.0).predict_batch([image.astype(np.float32)])[0]
-
-    true = float(np.median(np.sqrt(4 * np.bincount(labels.ravel())[1:] / np.pi)))
-    assert median_cell_diameter(predict(1.0), 0.0) == pytest.approx(true, rel=0.05)
-    calls.clear()
-    scale, out = estimate_scale(predict, 1.0, 40.0, score_threshold=0.0)
-    assert calls == [1.0, scale] and scale == pytest.approx(40.0 / true, rel=0.05)
-    assert len(out) == labels.max()
-    calls.clear()
-    assert estimate_scale(predict, 1.0, true, score_threshold=0.0)[0] == 1.0 and calls == [1.0]
-    blank = np.full_like(image, 100)
-    kept, empty = estimate_scale(
-        lambda s: Predictor(model, scale=s).predict_batch([blank.astype(np.float32)])[0], 0.7, 40.0
-    )
-    assert kept == 0.7 and len(empty) == 0
-
-
-def test_diameter_auto_and_per_image_checkpoints(scaled_checkpoint):
-    path = scaled_checkpoint({"group_scales": {"all": 0.5}, "cell_diameter": 34.6, "pixel_size": None})
-    assert weakseg.load(path).auto_diameter is None
-    auto = weakseg.load(path, diameter="auto")
-    assert auto.auto_diameter == 34.6 and auto.scale == pytest.approx(0.5)  # the group factor is the start
-    per_image = scaled_checkpoint(
-        {"group_scales": {"all": 0.5}, "cell_diameter": 34.6, "pixel_size": None, "rescale": "image"}
-    )
-    assert weakseg.load(per_image).auto_diameter == 34.6  # a per-image run estimates by default
-    assert weakseg.load(per_image, scale=1.0).auto_diameter is None  # unless told a size
-    plain = scaled_checkpoint({"group_scales": {}, "cell_diameter": None, "pixel_size": None})
-    with pytest.raises(WeaksegError, match="without data.target_cell_size"):
-        weakseg.load(plain, diameter="auto")
-    with pytest.raises(WeaksegError, match="a number of pixels or 'auto'"):
-        weakseg.load(path, diameter="big")
-
-
-def test_auto_diameter_predictor_predicts_at_its_estimated_factor():
-    import numpy as np
-
-    from weakseg.inference.predictor import Predictor
-
-    image, labels = blob_model.disc_image((200, 200), 20, seed=4, radius=(7.5, 8.5))
-    model = blob_model.BlobModel(crop_size=48)
-    auto = Predictor(model, scale=1.0, auto_diameter=32.0, score_threshold=0.0)
-    scale = auto.scale_for(image)
-    assert scale == pytest.approx(2.0, rel=0.1)
-    fixed = auto.with_scale(scale)
-    assert fixed.auto_diameter is None and auto.auto_diameter == 32.0
-    a_labels, _ = auto.predict_labels(image)
-    b_labels, _ = fixed.predict_labels(image)
-    np.testing.assert_array_equal(np.asarray(a_labels), np.asarray(b_labels))
-    assert len(auto.predict_batch([image])[0]) == len(fixed.predict_instances(image)) == labels.max()
+def test_a_per_image_model_asks_for_the_diameter(scaled_checkpoint):
+    info = {"group_scales": {"all": 0.5}, "cell_diameter": 34.6, "pixel_size": None, "rescale": "image"}
+    path = scaled_checkpoint(info)
+    with pytest.warns(UserWarning, match="pass diameter=/--diameter"):
+        assert weakseg.load(path).scale == pytest.approx(0.5)
+    assert weakseg.load(path, diameter=17.3).scale == pytest.approx(2.0)

@@ -223,7 +223,7 @@ class EvalImage:
     labels: np.ndarray | None  # (H, W) int32 ground truth
     group: str
     group_index: int
-    scale: float = 1.0  # resize factor of the model input (per-group rescaling)
+    scale: float = 1.0  # resize factor of the model input (per group, or per image with data.rescale: image)
 
 
 def iter_eval_images(cfg: DataConfig, split: str, max_images: int | None = None) -> Iterator[EvalImage]:
@@ -234,6 +234,7 @@ def iter_eval_images(cfg: DataConfig, split: str, max_images: int | None = None)
     if not infos:
         raise DataError(_no_images_message(path, store, split, cfg.groups))
     scales = resolve_group_scales(cfg, store)
+    per_image = cfg.rescale == "image" and cfg.target_cell_size is not None
     groups = list(store.groups)
     for n, info in enumerate(infos):
         if max_images is not None and n >= max_images:
@@ -243,14 +244,28 @@ def iter_eval_images(cfg: DataConfig, split: str, max_images: int | None = None)
             image = image[None]
         labels_arr = store.labels(info.image_id) if info.has_labels else None
         labels = None if labels_arr is None else np.asarray(labels_arr[...]).astype(np.int32, copy=False)
+        scale = float(scales.get(info.group, 1.0))
+        if per_image and info.group not in cfg.group_scales:
+            scale = _known_image_scale(cfg, store, info, labels, scale)
         yield EvalImage(
             image_id=info.image_id,
             image=image,
             labels=labels,
             group=info.group,
             group_index=groups.index(info.group) if info.group in groups else 0,
-            scale=float(scales.get(info.group, 1.0)),
+            scale=scale,
         )
+
+
+def _known_image_scale(cfg: DataConfig, store: Any, info: Any, labels: np.ndarray | None, default: float) -> float:
+    """``target_cell_size`` / the image's own cell diameter (metadata, masks or points) for
+    ``data.rescale: image``: evaluation at each image's known cell size, as Cellpose is scored with a
+    given ``diameter``. ``default`` (the group factor) when the image's cells cannot be measured."""
+    from weakseg.data import cellsize
+    from weakseg.data.labels import points_for
+
+    d = cellsize.image_diameter(info, lambda: labels, lambda: points_for(store, info, cfg.label_source, 0))
+    return float(cfg.target_cell_size) / d if d else default
 
 
 # ------------------------------------------------------------------------------------------

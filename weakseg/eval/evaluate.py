@@ -195,7 +195,6 @@ def evaluate_strategy(
     distributed: bool = False,
     keep_sample: bool = True,
     progress: Callable[[int, str], None] | None = None,
-    auto_scale: bool | None = None,
 ) -> EvalResult:
     """Score ``strategy.principal()`` on ``split`` of the store of ``data_cfg`` (a DataConfig).
 
@@ -212,10 +211,6 @@ def evaluate_strategy(
             alone, which is the default ``False``).
         keep_sample: keep the first image and its prediction in ``result.sample`` (for the panel).
         progress: called as ``progress(n_done, image_id)`` after each image.
-        auto_scale: resize each image by a factor the model estimates from its own masks (the
-            Predictor's ``auto_diameter``, two passes); None: when the run rescaled
-            its training images one by one (``data.rescale: image``). A ``scale`` in
-            ``predictor_kwargs`` turns it off.
     """
     import torch
 
@@ -236,16 +231,12 @@ def evaluate_strategy(
     model = module.principal()
     kwargs = dict(predictor_kwargs or {})
     fixed_scale = kwargs.pop("scale", None)
-    if auto_scale is None:
-        auto_scale = getattr(data_cfg, "rescale", "group") == "image" and data_cfg.target_cell_size is not None
-    auto_scale = bool(auto_scale) and fixed_scale is None
     kwargs.setdefault("score_threshold", score_threshold)
     predictors: dict[float, Any] = {}
 
     def predictor_for(scale: float) -> Any:
         if scale not in predictors:
-            auto = float(data_cfg.target_cell_size) if auto_scale else None
-            predictors[scale] = Predictor(model, scale=scale, device=device, auto_diameter=auto, **kwargs)
+            predictors[scale] = Predictor(model, scale=scale, device=device, **kwargs)
         return predictors[scale]
 
     acc = MetricAccumulator(score_threshold=score_threshold)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -43,12 +42,10 @@ def register(subparsers: Any) -> None:
     )
     size.add_argument(
         "--diameter",
-        type=_diameter,
+        type=float,
         default=None,
         metavar="D",
-        help="typical cell diameter of the inputs in pixels (scale = the training cell size / D), or auto: "
-        "estimated per image from the model's own cells in a second pass (the default for models trained "
-        "with data.rescale: image)",
+        help="typical cell diameter of the inputs in pixels; scale = the training cell size / D",
     )
     size.add_argument(
         "--pixel-size",
@@ -105,19 +102,6 @@ def parse_formats(text: str) -> tuple[str, ...]:
                 f"(choose from {', '.join(FORMAT_CHOICES)})"
             )
     return formats
-
-
-def _diameter(text: str) -> float | str:
-    """``--diameter``: a positive number of pixels or ``auto``."""
-    if text.strip().lower() == "auto":
-        return "auto"
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of pixels or 'auto', got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a positive number of pixels, got {text!r}")
-    return value
 
 
 def predictor_options(args: argparse.Namespace) -> dict[str, Any]:

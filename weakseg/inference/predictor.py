@@ -20,7 +20,6 @@ image of the detections scoring at least ``score_threshold``, pasted tile by til
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -152,10 +151,6 @@ class Predictor:
         score_threshold, min_area, mask_threshold: for label images (``predict``).
         in_channels: the model's channel count; images are converted when it differs (None: as is).
         dedup_distance: instances from two tiles closer than this (model-input pixels) are duplicates.
-        auto_diameter: the training cell diameter (model-input pixels); when given, each image's factor
-            is estimated from the model's own masks, starting at ``scale``
-            (:func:`weakseg.inference.scale.estimate_scale`: one extra pass when the first is off by more
-            than 10 %), for images whose magnification is not known (``--diameter auto``).
     """
 
     def __init__(
@@ -173,7 +168,6 @@ class Predictor:
         mask_threshold: float = 0.5,
         in_channels: int | None = None,
         dedup_distance: float = 8.0,
-        auto_diameter: float | None = None,
     ) -> None:
         if not (scale > 0 and math.isfinite(scale)):
             raise WeaksegError(f"scale must be a positive number, got {scale!r}")
@@ -197,9 +191,6 @@ class Predictor:
         self.mask_threshold = float(mask_threshold)
         self.in_channels = in_channels
         self.dedup_distance = float(dedup_distance)
-        if auto_diameter is not None and not (auto_diameter > 0 and math.isfinite(auto_diameter)):
-            raise WeaksegError(f"auto_diameter must be a positive number, got {auto_diameter!r}")
-        self.auto_diameter = None if auto_diameter is None else float(auto_diameter)
         self._warned_overlap = False
         if isinstance(model, torch.nn.Module):
             model.to(self.device)
@@ -298,29 +289,6 @@ class Predictor:
             if progress is not None:
                 progress(done, len(tiles))
 
-    # ---------------------------------------------------------------- size estimate
-
-    def with_scale(self, scale: float) -> Predictor:
-        """A copy of this predictor at a fixed factor ``scale`` (no size estimate)."""
-        other = copy.copy(self)
-        other.scale, other.auto_diameter = float(scale), None
-        return other
-
-    def _estimate(self, view: Any) -> tuple[float, Instances]:
-        from weakseg.inference.scale import estimate_scale
-
-        assert self.auto_diameter is not None
-        return estimate_scale(
-            lambda s: self.with_scale(s).predict_instances(view),
-            self.scale,
-            self.auto_diameter,
-            score_threshold=self.score_threshold,
-        )
-
-    def scale_for(self, image: Any) -> float:
-        """The factor ``image`` is predicted at: ``scale``, or the model's estimate with ``auto_diameter``."""
-        return self.scale if self.auto_diameter is None else self._estimate(self._view(image))[0]
-
     # ---------------------------------------------------------------- public API
 
     def predict_instances(self, image: Any, progress: Callable[[int, int], None] | None = None) -> Instances:
@@ -330,8 +298,6 @@ class Predictor:
         dense crops (N, S, S), so for huge images prefer :meth:`predict`/:meth:`predict_labels`.
         """
         view = self._view(image)
-        if self.auto_diameter is not None:
-            return self._estimate(view)[1]
         _, h, w = view.shape
         parts, tile_ids = [], []
         for index, _tile, inst in self.iter_tiles(view, progress):
@@ -357,8 +323,6 @@ class Predictor:
         """Label image (int32; ``out`` if given, e.g. a zarr array) and a table of label scores and
         locations; label k has the k-th highest score among the pasted instances."""
         view = self._view(image)
-        if self.auto_diameter is not None:
-            return self.with_scale(self.scale_for(view)).predict_labels(view, out, progress)
         _, h, w = view.shape
         stitcher = self._stitcher((h, w), out)
         for index, _tile, inst in self.iter_tiles(view, progress, binary=True):
@@ -407,8 +371,6 @@ class Predictor:
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[Instances]:
         """Instances of several images that fit in one tile, in batches of ``batch_size`` (for
         throughput on many small images of equal size); larger images go through tiling."""
-        if self.auto_diameter is not None:  # each image at its own estimated factor
-            return [self.predict_instances(im) for im in images]
         results: list[Instances | None] = [None] * len(images)
         small: dict[tuple[int, ...], list[int]] = {}
         views = [self._view(im) for im in images]
@@ -447,7 +409,7 @@ def load_predictor(
     checkpoint: str | Path,
     *,
     scale: float | None = None,
-    diameter: float | str | None = None,
+    diameter: float | None = None,
     pixel_size: float | None = None,
     group: str | None = None,
     device: str | torch.device = "cpu",
@@ -456,22 +418,17 @@ def load_predictor(
     """A :class:`Predictor` for the principal model of a weakseg checkpoint.
 
     Images are resized the way the training images were unless told otherwise: ``scale`` (a
-    factor), ``diameter`` (typical cell diameter of the new images, pixels, or ``"auto"``: estimated
-    per image by the model, the default for runs with ``data.rescale: image``) or ``pixel_size`` (of
+    factor), ``diameter`` (typical cell diameter of the new images, pixels) or ``pixel_size`` (of
     the new images); ``group`` picks one training group's factor when groups were resized
     differently (see :mod:`weakseg.inference.scale`). Other keyword arguments go to
     :class:`Predictor`.
     """
     from weakseg.engine.checkpoint import load_strategy
-    from weakseg.inference.scale import auto_diameter, resolve_scale
+    from weakseg.inference.scale import resolve_scale
 
     path = Path(checkpoint)
     dev = resolve_device(device)
     strategy, ckpt = load_strategy(str(path), device=str(dev))
-    if kwargs.get("auto_diameter") is None:
-        kwargs["auto_diameter"] = auto_diameter(ckpt, scale=scale, diameter=diameter, pixel_size=pixel_size)
-    if diameter == "auto":
-        diameter = None
     kwargs["scale"] = resolve_scale(ckpt, scale=scale, diameter=diameter, pixel_size=pixel_size, group=group)
     summary = getattr(ckpt, "data_summary", None)
     in_channels = summary.get("in_channels") if isinstance(summary, dict) else getattr(summary, "in_channels", None)

@@ -11,11 +11,9 @@ records those factors, the normalised diameter and the training pixel size
    ``cell_diameter / diameter``;
 3. ``pixel_size`` of the new images: ``group scale * pixel_size / training pixel size``;
 4. otherwise the training factor: that of ``group`` when given, the only one when all groups
-   shared one, else the median over groups (with a warning saying how to be specific).
-
-With ``diameter="auto"`` (the default for runs trained with ``data.rescale: image``, whose images
-were resized one by one) the factor of step 4 is only a start: :func:`estimate_scale` measures the
-cells the model finds there and predicts again at the factor that brings them to the training size.
+   shared one, else the median over groups (with a warning saying how to be specific). A model
+   trained with ``data.rescale: image`` (each image resized by its own cell size) warns here too:
+   its images need ``diameter``.
 
 Checkpoints written before the factors were recorded are served by recomputing them from the
 stored recipe and its store when that is reachable; otherwise the factor is 1 with a warning.
@@ -26,10 +24,7 @@ from __future__ import annotations
 import math
 import statistics
 import warnings
-from collections.abc import Callable
 from typing import Any
-
-import torch
 
 from weakseg.errors import WeaksegError
 
@@ -87,6 +82,13 @@ def resolve_scale(
             )
         return float(trained) / float(diameter)
     base = _group_scale(info, group, path)
+    if pixel_size is None and info.get("rescale") == "image":
+        warnings.warn(
+            f"{path}: the model was trained with every image resized by its own cell size "
+            f"(data.rescale: image); predicting at the training median factor {base:.3g}: pass "
+            f"diameter=/--diameter D (the typical cell diameter of these images, pixels) for their factor",
+            stacklevel=3,
+        )
     if pixel_size is not None:
         trained_px = info.get("pixel_size")
         if not trained_px:
@@ -96,26 +98,6 @@ def resolve_scale(
             )
         return base * float(pixel_size) / float(trained_px)
     return base
-
-
-def auto_diameter(
-    ckpt: Any, *, scale: float | None = None, diameter: float | str | None = None, pixel_size: float | None = None
-) -> float | None:
-    """The training cell diameter when new images should be sized by the model's own estimate
-    (``diameter="auto"``, or no size given for a run trained with ``data.rescale: image``), else None."""
-    if diameter is not None and diameter != "auto" and not isinstance(diameter, int | float):
-        raise WeaksegError(f"diameter must be a number of pixels or 'auto', got {diameter!r}")
-    info = checkpoint_input_scale(ckpt) or {}
-    per_image = info.get("rescale") == "image" and scale is None and diameter is None and pixel_size is None
-    if diameter != "auto" and not per_image:
-        return None
-    trained = info.get("cell_diameter")
-    if not trained:
-        raise WeaksegError(
-            f"{getattr(ckpt, 'path', 'the checkpoint')}: the model was trained without data.target_cell_size, "
-            "so there is no cell size to estimate against; pass --scale or a --diameter in pixels instead of auto"
-        )
-    return float(trained)
 
 
 def _group_scale(info: dict[str, Any], group: str | None, path: Any) -> float:
@@ -138,44 +120,3 @@ def _group_scale(info: dict[str, Any], group: str | None, path: Any) -> float:
         stacklevel=3,
     )
     return median
-
-
-def median_cell_diameter(instances: Any, score_threshold: float = 0.5, mask_threshold: float = 0.5) -> float | None:
-    """Median equivalent diameter sqrt(4 area / pi), in image pixels, of the detections scoring at least
-    ``score_threshold`` (masks thresholded at ``mask_threshold``), or None with fewer than 3 of them."""
-    keep = instances.scores >= score_threshold
-    if int(keep.sum()) < 3:
-        return None
-    areas = (instances.masks[keep] > mask_threshold).flatten(1).sum(1).double()
-    areas = areas[areas > 0]
-    if areas.numel() < 3:
-        return None
-    return float(torch.sqrt(4.0 * areas.median() / math.pi))
-
-
-def estimate_scale(
-    predict: Callable[[float], Any],
-    scale: float,
-    cell_diameter: float,
-    *,
-    score_threshold: float = 0.5,
-    tolerance: float = 0.1,
-    max_change: float = 4.0,
-) -> tuple[float, Any]:
-    """Find the resize factor of one image from the model's own masks, in two passes (as Cellpose refines
-    its size estimate): predict at ``scale``, measure the median cell diameter D of the result in image
-    pixels, then predict again at ``cell_diameter / D`` (the factor that brings those cells to the
-    training size), unless it differs from ``scale`` by less than ``tolerance`` (relative). The change
-    is limited to a factor ``max_change`` either way; with fewer than 3 detections ``scale`` is kept.
-
-    ``predict(scale)`` returns the :class:`~weakseg.nn.instances.Instances` of the image at that factor.
-    Returns the factor used and its prediction.
-    """
-    first = predict(scale)
-    diameter = median_cell_diameter(first, score_threshold)
-    if diameter is None:
-        return scale, first
-    new = min(max(cell_diameter / diameter, scale / max_change), scale * max_change)
-    if abs(new / scale - 1.0) <= tolerance:
-        return scale, first
-    return new, predict(new)
