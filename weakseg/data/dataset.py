@@ -194,7 +194,7 @@ def input_scale_info(cfg: DataConfig, store: Any = None) -> dict[str, Any]:
     training images when they all share one (``None`` otherwise). A new image with cells of
     diameter D is predicted at ``cell_diameter / D``; one of pixel size P at
     ``group scale * P / pixel_size``. ``rescale``: ``image`` when every training image was resized by
-    its own cell size (new images then need a per-image size estimate), else ``group``.
+    its own cell size (new images then need their own ``diameter``), else ``group``.
     """
     store = store if store is not None else _open(store_path(cfg))
     scales = resolve_group_scales(cfg, store)

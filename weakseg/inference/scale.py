@@ -85,7 +85,7 @@ def resolve_scale(
     if pixel_size is None and info.get("rescale") == "image":
         warnings.warn(
             f"{path}: the model was trained with every image resized by its own cell size "
-            f"(data.rescale: image); predicting at the training median factor {base:.3g}: pass "
+            f"(data.rescale: image); predicting at its group factor {base:.3g} (median cell size): pass "
             f"diameter=/--diameter D (the typical cell diameter of these images, pixels) for their factor",
             stacklevel=3,
         )
