@@ -152,6 +152,10 @@ class ModelConfig:
 
     backbone: BackboneSpec = attrs.field(factory=lambda: BackboneSpec.of("convnext_small"))
     head: HeadSpec = attrs.field(factory=lambda: HeadSpec.of("lacss"))
+    #: A checkpoint or run folder whose trained principal initialises this run's principal (the
+    #: paper's "CKS-2": pre-trained elsewhere, e.g. with masks on another dataset); tensors are
+    #: matched by name and shape. Used when a run starts, ignored on ``--resume``.
+    init_from: str | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -246,6 +246,11 @@ def run_recipe(
         input_scale = input_scale_info(recipe.data)  # recorded so that prediction resizes alike
         ckpt_io.seed_everything(recipe.train.seed)  # the same initial weights on every rank
         strategy = build_strategy(recipe, summary)
+        init_from = recipe.model.init_from if recipe.model is not None else None
+        if init_from and checkpoint is None:
+            from weakseg.engine.warm_start import warm_start
+
+            _say(ctx, warm_start(strategy, init_from).summary())
         ckpt_io.seed_everything(recipe.train.seed + ctx.rank)
 
         if ctx.is_main:
