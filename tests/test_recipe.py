@@ -227,3 +227,8 @@ def test_deep_merge_does_not_mutate_inputs():
 def test_recipe_class_is_the_schema():
     fields = {f.name for f in attrs.fields(Recipe)}
     assert {"name", "data", "model", "collaborator", "strategy", "train", "eval", "output"} <= fields
+
+
+def test_mask_threshold_must_be_a_probability(tmp_path):
+    msg = errors_of(write(tmp_path, "r.yaml", BASE + "eval: {mask_threshold: 1.5}\n"))
+    assert "recipe.eval: invalid value: 'mask_threshold' must be < 1.0: 1.5" in msg

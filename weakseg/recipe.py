@@ -198,6 +198,12 @@ class EvalConfig:
     split: str = "val"
     max_images: int | None = None
     score_threshold: float = 0.5
+    #: Probability at which instance masks are binarised, in evaluation and (as the trained model's
+    #: default) in ``weakseg predict`` / ``weakseg.load``; like Cellpose's ``cellprob_threshold``.
+    #: ``weakseg evaluate --sweep-mask-threshold`` on a labelled validation split helps choose it.
+    mask_threshold: float = attrs.field(
+        default=0.5, validator=[attrs.validators.gt(0.0), attrs.validators.lt(1.0)]
+    )
     panel: bool = True
 
 

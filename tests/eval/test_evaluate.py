@@ -221,3 +221,61 @@ def test_split_without_labels_is_a_user_error(tmp_path):
     writer.close()
     with pytest.raises(DataError, match="no images with ground-truth labels"):
         evaluate_strategy(ThresholdStrategy(), DataConfig(store=str(tmp_path / "s.zarr")), split="val")
+
+
+class SoftRimPrincipal(ThresholdPrincipal):
+    """The threshold model with soft mask rims: 0.6 inside the component eroded by 2 px, 0.3 on the
+    rim, so binarising at 0.5 cuts every cell down to its core and at 0.2 keeps the whole cell."""
+
+    def predict(self, image: torch.Tensor) -> list[Instances]:
+        out = super().predict(image)
+        for inst in out:
+            hard = inst.masks.numpy() > 0.5
+            core = np.stack([ndimage.binary_erosion(m, iterations=2) for m in hard]) if len(hard) else hard
+            inst.masks = torch.from_numpy(0.3 * hard + 0.3 * core).float()
+        return out
+
+
+class SoftRimStrategy(ThresholdStrategy):
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = SoftRimPrincipal()
+
+
+def test_mask_threshold_sweep_scores_each_threshold_from_one_prediction(store):
+    path, _ = store
+    cfg = DataConfig(store=str(path))
+    result = evaluate_strategy(SoftRimStrategy(), cfg, split="test", sweep_mask_thresholds=(0.2, 0.5, 0.7))
+    assert result.mask_threshold == 0.5 and sorted(result.sweep) == [0.2, 0.7]  # the evaluated one is not repeated
+    whole = evaluate_strategy(SoftRimStrategy(), cfg, split="test", mask_threshold=0.2)
+    assert result.sweep[0.2] == pytest.approx(whole.overall, nan_ok=True)
+    # at 0.5 only the cores remain: worse overlap than the whole cells kept at 0.2
+    assert result.sweep[0.2]["dice"] > result.overall["dice"] + 0.1
+    assert result.sweep[0.2]["AP75"] > result.overall["AP75"]
+    assert result.sweep[0.7]["n_pred"] == result.overall["n_pred"] and result.sweep[0.7]["AP50"] == 0.0
+    assert result.best_mask_threshold() == 0.2
+    doc = json.loads(result.to_json())
+    assert doc["mask_threshold"] == 0.5
+    assert [row["mask_threshold"] for row in doc["mask_threshold_sweep"]] == [0.2, 0.7]
+    table = result.sweep_table().splitlines()
+    assert table[0].split()[:3] == ["mask", "threshold", "AP50"]
+    assert [line.split()[0] for line in table[1:]] == ["0.20*", "0.50", "0.70"]
+
+
+def test_mask_threshold_errors(store):
+    from weakseg.errors import WeaksegError
+
+    path, _ = store
+    cfg = DataConfig(store=str(path))
+    with pytest.raises(WeaksegError, match="strictly between 0 and 1, got 1.5"):
+        evaluate_strategy(SoftRimStrategy(), cfg, split="test", sweep_mask_thresholds=(1.5,))
+    with pytest.raises(WeaksegError, match="use masks='instances'"):
+        evaluate_strategy(SoftRimStrategy(), cfg, split="test", masks="labels", sweep_mask_thresholds=(0.3,))
+
+
+def test_label_mode_binarises_at_the_mask_threshold(store):
+    path, _ = store
+    cfg = DataConfig(store=str(path))
+    core = evaluate_strategy(SoftRimStrategy(), cfg, split="test", masks="labels")
+    whole = evaluate_strategy(SoftRimStrategy(), cfg, split="test", masks="labels", mask_threshold=0.2)
+    assert whole.overall["dice"] > core.overall["dice"] + 0.1

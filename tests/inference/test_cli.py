@@ -158,3 +158,14 @@ def test_predict_on_a_dask_cluster(tmp_path, inputs, blob_checkpoint, capsys):
     assert code == 1 and "bad.tif" in capsys.readouterr().err
     for name, (_image, truth) in truths.items():
         assert same_partition(tifffile.imread(tmp_path / "o" / f"{name}.tif"), truth)
+
+
+def test_mask_threshold_defaults_to_the_trained_recipe(tmp_path, plugin_registration):
+    from . import blob_model
+
+    plugin_registration(blob_model)
+    plain = blob_model.write_blob_checkpoint(tmp_path / "plain.ckpt")
+    calibrated = blob_model.write_blob_checkpoint(tmp_path / "cal.ckpt", recipe_extra={"eval": {"mask_threshold": 0.2}})
+    assert weakseg.load(plain).mask_threshold == 0.5
+    assert weakseg.load(calibrated).mask_threshold == 0.2
+    assert weakseg.load(calibrated, mask_threshold=0.7).mask_threshold == 0.7

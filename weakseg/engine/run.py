@@ -129,6 +129,7 @@ def make_evaluator(recipe: Any, run_dir: Path, tracker: Any, device: Any) -> Any
             recipe.eval.max_images,
             recipe.eval.score_threshold,
             device,
+            mask_threshold=recipe.eval.mask_threshold,
         )
         eval_dir = run_dir / "eval"
         eval_dir.mkdir(parents=True, exist_ok=True)

@@ -42,6 +42,15 @@ def register(subparsers: Any) -> None:
         help="instances: each detection's own mask (overlaps allowed, as the CKS reference); "
         "labels: the pasted label image of `weakseg predict`",
     )
+    p.add_argument(
+        "--mask-threshold", type=float, default=None, metavar="P",
+        help="probability at which masks are binarised (default: the recipe's eval.mask_threshold)",
+    )
+    p.add_argument(
+        "--sweep-mask-threshold", type=float, nargs="+", metavar="P",
+        help="also score these mask thresholds from the same predictions and print the best AP50 "
+        "(calibrate eval.mask_threshold on a labelled validation split, e.g. --split val)",
+    )
     p.add_argument("--groups", nargs="+", metavar="GROUP", help="only these groups (cell lines)")
     p.add_argument("--batch-size", type=int, default=4, help="images or tiles per forward pass")
     p.add_argument("--tile-size", type=int, default=1024, help="tile edge in model-input pixels")
@@ -69,6 +78,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     recipe = ckpt.recipe
     data_cfg = attrs.evolve(recipe.data, store=str(store), synthetic=None, groups=tuple(args.groups or ()))
     threshold = args.score_threshold if args.score_threshold is not None else recipe.eval.score_threshold
+    mask_threshold = args.mask_threshold if args.mask_threshold is not None else recipe.eval.mask_threshold
 
     progress = None
     if not args.no_progress and sys.stderr.isatty():
@@ -85,6 +95,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         device,
         {"batch_size": args.batch_size, "tile_size": args.tile_size, "precision": args.precision},
         masks=args.masks,
+        mask_threshold=mask_threshold,
+        sweep_mask_thresholds=tuple(args.sweep_mask_threshold or ()),
         keep_sample=bool(args.panel),
         progress=progress,
     )
@@ -100,5 +112,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(result.to_json())
     else:
         print(result.table(), end="")
+        if result.sweep:
+            print(f"overall metrics by mask threshold (split {args.split!r}; * = best AP50):")
+            print(result.sweep_table(), end="")
         print(f"checkpoint {args.checkpoint} (step {ckpt.step}, strategy {recipe.strategy.type!r})")
     return 0

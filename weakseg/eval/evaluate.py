@@ -21,7 +21,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -75,6 +75,9 @@ class EvalResult:
     score_threshold: float = 0.5
     masks: str = "instances"
     n_unlabeled: int = 0
+    mask_threshold: float = 0.5
+    #: Overall metrics at other mask thresholds, from the same predictions (``sweep_mask_thresholds``).
+    sweep: dict[float, dict[str, float]] = attrs.field(factory=dict)
     sample: EvalSample | None = attrs.field(default=None, repr=False, eq=False)
 
     @classmethod
@@ -96,12 +99,36 @@ class EvalResult:
             "store": self.store,
             "score_threshold": self.score_threshold,
             "masks": self.masks,
+            "mask_threshold": self.mask_threshold,
             "n_unlabeled": self.n_unlabeled,
             "overall": {k: _clean(self.overall.get(k, math.nan), k) for k in METRIC_KEYS},
             "groups": {
                 name: {k: _clean(m.get(k, math.nan), k) for k in METRIC_KEYS} for name, m in self.groups.items()
             },
+            "mask_threshold_sweep": [
+                {"mask_threshold": t, **{k: _clean(m.get(k, math.nan), k) for k in METRIC_KEYS}}
+                for t, m in sorted(self.sweep.items())
+            ],
         }
+
+    def best_mask_threshold(self, key: str = "AP50") -> float:
+        """The mask threshold of the sweep (and the evaluated one) with the highest ``key``; ties: the lower."""
+        options = {self.mask_threshold: self.overall, **self.sweep}
+        scored = [(t, m.get(key, math.nan)) for t, m in sorted(options.items())]
+        scored = [(t, v) for t, v in scored if v is not None and not math.isnan(v)]
+        if not scored:
+            return self.mask_threshold
+        return max(scored, key=lambda tv: tv[1])[0]
+
+    def sweep_table(self, keys: tuple[str, ...] = ("AP50", "AP75", "mAP", "dice", "F1")) -> str:
+        """Plain-text table of the overall metrics per mask threshold, the best AP50 marked with ``*``."""
+        options = {self.mask_threshold: self.overall, **self.sweep}
+        best = self.best_mask_threshold()
+        lines = ["mask threshold  " + "  ".join(f"{k:>7}" for k in keys)]
+        for t, m in sorted(options.items()):
+            cells = "  ".join(f"{_fmt(_clean(m.get(k, math.nan), k)):>7}" for k in keys)
+            lines.append(f"{t:>13.2f}{'*' if t == best else ' '}  {cells}")
+        return "\n".join(lines) + "\n"
 
     def to_json(self, indent: int | None = 2) -> str:
         """Strict JSON (NaN written as null)."""
@@ -154,7 +181,8 @@ class EvalResult:
         Console(file=buf, width=width, force_terminal=False, color_system=None).print(table)
         note = (
             f"AP/mAP: paper eq. 9 (unsmoothed, IoU > t); coco_AP: pycocotools, maxDets 2000; "
-            f"dice (eq. 15), F1, accuracy: score >= {self.score_threshold:g}, IoU >= 0.5; masks: {self.masks}"
+            f"dice (eq. 15), F1, accuracy: score >= {self.score_threshold:g}, IoU >= 0.5; masks: {self.masks} "
+            f"(binarised at {self.mask_threshold:g})"
         )
         if self.n_unlabeled:
             note += f"; {self.n_unlabeled} image(s) without ground truth skipped"
@@ -192,6 +220,8 @@ def evaluate_strategy(
     predictor_kwargs: Mapping[str, Any] | None = None,
     *,
     masks: str = "instances",
+    mask_threshold: float = 0.5,
+    sweep_mask_thresholds: Sequence[float] = (),
     distributed: bool = False,
     keep_sample: bool = True,
     progress: Callable[[int, str], None] | None = None,
@@ -206,6 +236,10 @@ def evaluate_strategy(
         predictor_kwargs: extra :class:`~weakseg.inference.predictor.Predictor` arguments (tile_size,
             batch_size, precision, ...); a ``scale`` here overrides the per-group scale.
         masks: ``"instances"`` (overlapping crops, the CKS reference way) or ``"labels"`` (pasted).
+        mask_threshold: probability at which instance masks are binarised.
+        sweep_mask_thresholds: also score these mask thresholds from the same predictions
+            (``result.sweep``; ``masks="instances"`` only): the calibration of ``eval.mask_threshold``
+            on a labelled validation split.
         distributed: shard images over the ranks of an initialised ``torch.distributed`` group and
             gather the statistics; **every rank must call** (the engine instead evaluates on rank 0
             alone, which is the default ``False``).
@@ -219,6 +253,12 @@ def evaluate_strategy(
 
     if masks not in MASK_MODES:
         raise WeaksegError(f"masks must be one of {', '.join(MASK_MODES)}, got {masks!r}")
+    sweep = sorted({float(t) for t in sweep_mask_thresholds} - {float(mask_threshold)})
+    for t in [mask_threshold, *sweep]:
+        if not 0.0 < t < 1.0:
+            raise WeaksegError(f"mask thresholds are probabilities strictly between 0 and 1, got {t}")
+    if sweep and masks != "instances":
+        raise WeaksegError("a mask-threshold sweep scores each detection's own mask: use masks='instances'")
     rank, world = 0, 1
     if distributed:
         import torch.distributed as dist
@@ -232,6 +272,7 @@ def evaluate_strategy(
     kwargs = dict(predictor_kwargs or {})
     fixed_scale = kwargs.pop("scale", None)
     kwargs.setdefault("score_threshold", score_threshold)
+    kwargs.setdefault("mask_threshold", mask_threshold)
     predictors: dict[float, Any] = {}
 
     def predictor_for(scale: float) -> Any:
@@ -240,6 +281,7 @@ def evaluate_strategy(
         return predictors[scale]
 
     acc = MetricAccumulator(score_threshold=score_threshold)
+    sweep_accs = {t: MetricAccumulator(score_threshold=score_threshold) for t in sweep}
     sample: EvalSample | None = None
     n_unlabeled = 0
     n_seen = 0
@@ -261,8 +303,14 @@ def evaluate_strategy(
                 if masks == "instances":
                     out = out.to("cpu")
                     acc.add_instances(
-                        ev.labels, out, image_id=ev.image_id, group=ev.group, group_index=ev.group_index
+                        ev.labels, out, image_id=ev.image_id, group=ev.group, group_index=ev.group_index,
+                        mask_threshold=mask_threshold,
                     )
+                    for t, extra in sweep_accs.items():
+                        extra.add_instances(
+                            ev.labels, out, image_id=ev.image_id, group=ev.group, group_index=ev.group_index,
+                            mask_threshold=t,
+                        )
                 else:
                     labels, table = out
                     labels = np.asarray(labels)
@@ -298,6 +346,7 @@ def evaluate_strategy(
         import torch.distributed as dist
 
         acc = acc.gather()
+        sweep_accs = {t: extra.gather() for t, extra in sweep_accs.items()}
         counts: list[Any] = [None] * world
         dist.all_gather_object(counts, n_unlabeled)
         n_unlabeled = int(sum(counts))
@@ -314,4 +363,6 @@ def evaluate_strategy(
         masks=masks,
         n_unlabeled=n_unlabeled,
         sample=sample,
+        mask_threshold=float(mask_threshold),
+        sweep={t: extra.compute() for t, extra in sweep_accs.items()},
     )

@@ -77,6 +77,13 @@ def register(subparsers: Any) -> None:
         help=f"comma-separated outputs among {','.join(FORMAT_CHOICES)} (default tiff)",
     )
     p.add_argument("--score-threshold", type=float, default=0.5, help="minimum detection score (default 0.5)")
+    p.add_argument(
+        "--mask-threshold",
+        type=float,
+        default=None,
+        metavar="P",
+        help="probability at which masks are binarised (default: the model's eval.mask_threshold, 0.5 unless set)",
+    )
     p.add_argument("--min-area", type=int, default=0, help="drop cells of at most this many pixels")
     p.add_argument(
         "--zarr-into-input",
@@ -113,6 +120,7 @@ def predictor_options(args: argparse.Namespace) -> dict[str, Any]:
         "overlap": args.overlap,
         "precision": args.precision,
         "score_threshold": args.score_threshold,
+        "mask_threshold": args.mask_threshold,
         "min_area": args.min_area,
     }
     for key in ("scale", "diameter", "pixel_size", "group"):

@@ -420,8 +420,8 @@ def load_predictor(
     Images are resized the way the training images were unless told otherwise: ``scale`` (a
     factor), ``diameter`` (typical cell diameter of the new images, pixels) or ``pixel_size`` (of
     the new images); ``group`` picks one training group's factor when groups were resized
-    differently (see :mod:`weakseg.inference.scale`). Other keyword arguments go to
-    :class:`Predictor`.
+    differently (see :mod:`weakseg.inference.scale`). ``mask_threshold`` defaults to the trained
+    recipe's ``eval.mask_threshold``. Other keyword arguments go to :class:`Predictor`.
     """
     from weakseg.engine.checkpoint import load_strategy
     from weakseg.inference.scale import resolve_scale
@@ -433,4 +433,6 @@ def load_predictor(
     summary = getattr(ckpt, "data_summary", None)
     in_channels = summary.get("in_channels") if isinstance(summary, dict) else getattr(summary, "in_channels", None)
     kwargs.setdefault("in_channels", in_channels)
+    if kwargs.get("mask_threshold") is None:
+        kwargs["mask_threshold"] = ckpt.recipe.eval.mask_threshold
     return Predictor(strategy.principal(), device=dev, **kwargs)
