@@ -187,9 +187,9 @@ def calibrate(dataset: str, name: str, args: argparse.Namespace) -> dict[str, An
     run_dir, store = args.out / name, REPO / DATASETS[dataset]["store"]
     sweep = [str(t) for t in SWEEP]
     val = evaluate_json(run_dir, store, "--split", "val", "--sweep-mask-threshold", *sweep)
-    options = [(val["mask_threshold"], val["overall"])]
-    options += [(r["mask_threshold"], r) for r in val["mask_threshold_sweep"]]
-    best, best_val = max(sorted(options, key=lambda o: o[0]), key=lambda o: o[1]["AP50"] or 0.0)
+    best = val["best_mask_threshold"]
+    sweep_rows = {r["mask_threshold"]: r for r in val["mask_threshold_sweep"]}
+    best_val = sweep_rows.get(best, val["overall"])
     test = evaluate_json(run_dir, store, "--split", args.split, "--mask-threshold", str(best))
     return {
         "mask_threshold": best,

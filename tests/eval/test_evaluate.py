@@ -255,7 +255,7 @@ def test_mask_threshold_sweep_scores_each_threshold_from_one_prediction(store):
     assert result.sweep[0.7]["n_pred"] == result.overall["n_pred"] and result.sweep[0.7]["AP50"] == 0.0
     assert result.best_mask_threshold() == 0.2
     doc = json.loads(result.to_json())
-    assert doc["mask_threshold"] == 0.5
+    assert doc["mask_threshold"] == 0.5 and doc["best_mask_threshold"] == 0.2
     assert [row["mask_threshold"] for row in doc["mask_threshold_sweep"]] == [0.2, 0.7]
     table = result.sweep_table().splitlines()
     assert table[0].split()[:3] == ["mask", "threshold", "AP50"]

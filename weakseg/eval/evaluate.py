@@ -109,6 +109,7 @@ class EvalResult:
                 {"mask_threshold": t, **{k: _clean(m.get(k, math.nan), k) for k in METRIC_KEYS}}
                 for t, m in sorted(self.sweep.items())
             ],
+            "best_mask_threshold": self.best_mask_threshold(),
         }
 
     def best_mask_threshold(self, key: str = "AP50") -> float:
