@@ -112,10 +112,13 @@ class EvalResult:
             "best_mask_threshold": self.best_mask_threshold(),
         }
 
+    def by_mask_threshold(self) -> dict[float, dict[str, float]]:
+        """Overall metrics of the evaluated mask threshold and of the sweep, by increasing threshold."""
+        return dict(sorted({self.mask_threshold: self.overall, **self.sweep}.items()))
+
     def best_mask_threshold(self, key: str = "AP50") -> float:
         """The mask threshold of the sweep (and the evaluated one) with the highest ``key``; ties: the lower."""
-        options = {self.mask_threshold: self.overall, **self.sweep}
-        scored = [(t, m.get(key, math.nan)) for t, m in sorted(options.items())]
+        scored = [(t, m.get(key, math.nan)) for t, m in self.by_mask_threshold().items()]
         scored = [(t, v) for t, v in scored if v is not None and not math.isnan(v)]
         if not scored:
             return self.mask_threshold
@@ -123,10 +126,9 @@ class EvalResult:
 
     def sweep_table(self, keys: tuple[str, ...] = ("AP50", "AP75", "mAP", "dice", "F1")) -> str:
         """Plain-text table of the overall metrics per mask threshold, the best AP50 marked with ``*``."""
-        options = {self.mask_threshold: self.overall, **self.sweep}
         best = self.best_mask_threshold()
         lines = ["mask threshold  " + "  ".join(f"{k:>7}" for k in keys)]
-        for t, m in sorted(options.items()):
+        for t, m in self.by_mask_threshold().items():
             cells = "  ".join(f"{_fmt(_clean(m.get(k, math.nan), k)):>7}" for k in keys)
             lines.append(f"{t:>13.2f}{'*' if t == best else ' '}  {cells}")
         return "\n".join(lines) + "\n"
