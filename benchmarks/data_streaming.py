@@ -13,7 +13,7 @@ script prints crops/s and the peak memory of the main process plus its workers, 
 every 50 ms: the sum of RSS (counts shared library pages once per process) and the sum of PSS
 (shares them out; closer to what the machine really spends).
 
-Targets (issue 3): >= 40 crops/s with 2 workers on the 2-core machine; peak memory under 1.5 GB and
+Targets: >= 40 crops/s with 2 workers on the 2-core machine; peak memory under 1.5 GB and
 not growing with the store size.
 
     .venv/bin/python benchmarks/data_streaming.py                  # both stores, 600 crops each

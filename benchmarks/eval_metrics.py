@@ -11,7 +11,7 @@ prediction of ~2500 detections as the principal model returns them: 96 x 96 prob
 4. ``compute()`` pooling N copies of the per-image statistics (paper AP + pycocotools accumulate),
    and the pickled size of one image's statistics (what all_gather_object ships).
 
-Target (issue 5): per-image scoring well under the model's own inference time (~1 s/img on CPU),
+Target: per-image scoring well under the model's own inference time (~1 s/img on CPU),
 pooling 1564 images (LIVECell test) in well under a minute.
 
     .venv/bin/python benchmarks/eval_metrics.py                 # 200 pooled images

@@ -1,4 +1,4 @@
-"""Inference speed, FLOPs and memory of the CKS principal model (issue 7 bar).
+"""Inference speed, FLOPs and memory of the CKS principal model.
 
 Cases (each in a fresh subprocess, so peak RSS belongs to that case alone):
 
@@ -12,7 +12,7 @@ Cases (each in a fresh subprocess, so peak RSS belongs to that case alone):
 - ``agreement``: bf16 vs fp32 on the same image with random weights: the top-300 fp32 detections
   found again in bf16 and the IoU of their masks (a numeric check, not accuracy).
 - ``trained_ap`` (``--checkpoint CKPT --store STORE``): AP50 of a trained checkpoint in fp32 and
-  bf16 through ``weakseg evaluate`` (the bar: within 0.01).
+  bf16 through ``weakseg evaluate`` (they should agree within 0.01).
 - ``gpu`` (when CUDA is there): images/s at 520 x 704, bf16, batches of 8/16/32, 300 crops each.
 - ``large``: a 10000 x 10000 uint16 TIFF (memory-mapped) predicted tile by tile into an int32 label
   image with a smaller model (ConvNeXt-atto, FPN 64, LACSS head with 2 conv layers per head):

@@ -1,6 +1,6 @@
 """One CKS training step at paper size: time, FLOPs, achieved GFLOP/s and peak memory, fp32 and bf16.
 
-The paper-size configuration (Yu, CKS; implementation notes sec. 1 and 10): ConvNeXt-S (patch 4)
+The paper-size configuration (Yu, CKS, and its reference implementation): ConvNeXt-S (patch 4)
 + FPN 384, the LACSS head with its reference defaults (detector 4 x 384 on strides 4/8/16,
 segmentation 3 x 384 -> 64, 96-px crops, learned position encoding) and the default collaborator
 (U-Net 16/32/64 + border CNN 32/32). One step = forward of principal and collaborator, all five

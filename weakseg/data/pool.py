@@ -1,8 +1,8 @@
 """A small pool of spawned data workers that render batches into shared memory, without torch.
 
 Why not a torch DataLoader: its workers must import torch, and with a CUDA build of torch that alone
-costs ~570 MB of resident memory per process, so two workers plus the trainer would exceed the
-1.5 GB budget of issue 3 before reading a pixel. These workers import numpy, scipy and zarr only
+costs ~570 MB of resident memory per process, so two workers plus the trainer would exceed a
+1.5 GB memory budget before reading a pixel. These workers import numpy, scipy and zarr only
 (~100 MB each). They are started with the ``spawn`` method (safe with threads, such as zarr's I/O
 loop, running in the parent) and receive the dataset once, pickled.
 

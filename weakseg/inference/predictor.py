@@ -7,8 +7,8 @@ user's image needs before and after the model:
 1. per-image, per-channel standardisation (statistics over the whole image, applied per tile);
 2. rescaling by ``scale`` so that cells have the size the model was trained on; results are mapped
    back to the original pixel grid (mask crops are resampled bilinearly, so a crop of size S becomes
-   about S / scale, as in the reference implementation's scaled inference, cks-implementation-notes
-   section 1.4);
+   about S / scale, as in the reference implementation's scaled
+   inference);
 3. tiles with overlap, batched through the model, and stitching (weakseg.inference.tiling);
 4. optional bf16 autocast (CPU with AVX512-BF16, or CUDA).
 

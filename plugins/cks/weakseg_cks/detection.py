@@ -3,7 +3,7 @@
 CKS paper, Sec. III-A and Eq. 3: one detection head with weights **shared** across FPN levels
 (strides 4, 8, 16 by default) predicts a cell-presence probability per grid pixel and the (dy, dx)
 offset of the cell location from the pixel centre, in that level's feature pixels. Facts from the
-reference implementation (implementation notes Sec. 1.3 and Sec. 10, items 2-4):
+reference implementation (LACSS):
 
 - targets: every pixel takes its **nearest** point; it is positive when that point is closer than
   ``roi`` = 8 image pixels (8 / stride feature pixels, at every level); the regression target is the

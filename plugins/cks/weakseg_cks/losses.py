@@ -15,7 +15,7 @@ Yu, "Point-supervised Single-cell Segmentation via Collaborative Knowledge Shari
   it updates both models.
 - ``L_MC``: w * mean_i S / sqrt(max(A_i, eps)) with A_i the crop's mass inside the image (w = 0.01).
 
-The geometry follows the reference implementation (notes sec. 3): crop pixel (a, b) of instance i
+The geometry follows the reference implementation: crop pixel (a, b) of instance i
 is image pixel ``origins[i] + (a, b)``; crop pixels outside the image read 0 from the image-sized
 collaborator maps and take no part in sums over images. Instances are never looped over: crop
 pixels are scattered into flat (B * H * W) image maps with ``index_add`` / ``scatter_reduce`` and

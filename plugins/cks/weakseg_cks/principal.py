@@ -1,6 +1,6 @@
 """The LACSS principal model of CKS: backbone + FPN, shared point detector, windowed instance segmentation.
 
-CKS paper (Sec. III-A, Fig. 1 and 3); reference facts in the implementation notes, Sec. 1 and 10.
+CKS paper (Sec. III-A, Fig. 1 and 3) and the layer sizes of its reference implementation (LACSS).
 The model knows nothing about how it is trained. Strategies use this training API:
 
 - :meth:`LacssPrincipal.forward_train` ``(image) -> PrincipalOutput`` (FPN features + detection maps);

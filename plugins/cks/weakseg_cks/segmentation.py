@@ -3,7 +3,7 @@
 CKS paper, Sec. III-A and Fig. 3: masks are computed only inside a fixed window around each cell
 location (default 96x96 image pixels); a position encoding derived from the feature vector at the
 location breaks translation invariance so that the window's output is *this* cell's mask.
-Reference facts (implementation notes Sec. 1.4 and Sec. 10, items 1 and 5):
+Facts from the reference implementation (LACSS):
 
 - dense part, on the stride-4 FPN map: 3 x (conv3x3 + instance norm + ReLU), then conv3x3 to 64;
 - window: 24x24 feature pixels (96 / 4) whose top-left is ``floor(p / 4) - 12``; outside the map

@@ -2,7 +2,7 @@
 
 Yu, "Point-supervised Single-cell Segmentation via Collaborative Knowledge Sharing", Sec. III-E:
 the principal model learns from L_det + L_S + L_B + L_MC, the collaborator from L_M + L_B, all
-weights 1, one optimiser over both (reference implementation, notes sec. 3-4). Which model each
+weights 1, one optimiser over both (as in the reference implementation). Which model each
 loss updates is fixed by the stop-gradients inside :mod:`weakseg_cks.losses`; the engine simply
 back-propagates the sum of the named losses returned by ``forward``.
 
