@@ -77,3 +77,30 @@ def test_blocked_plugins_are_skipped(monkeypatch):
     regs = fill_registries(make_plugin_manager())
     assert not any("weakseg_nishimura" in str(e.source) for e in regs.strategies)
     assert "weakseg_nishimura" not in {getattr(p, "__name__", "") for p in make_plugin_manager().get_plugins()}
+
+
+def test_the_core_data_plugin_cannot_be_disabled(monkeypatch):
+    monkeypatch.setenv("WEAKSEG_DISABLE_PLUGINS", "data, nishimura")
+    with pytest.warns(PluginLoadWarning, match=r"'data' is part of weakseg's core.*cannot be disabled"):
+        pm = make_plugin_manager()
+    regs = fill_registries(pm)
+    centroids = regs.label_sources.get("centroids")
+    assert centroids.source.module == "weakseg.data.plugin"
+    assert centroids.source.distribution == f"weakseg {weakseg.__version__}"
+    assert "folder" in regs.importers
+    assert "nishimura" not in regs.strategies  # the other names are still honoured
+
+
+def test_each_plugin_is_called_once_per_hook_with_its_own_source(plugin_registration):
+    calls = []
+
+    class Counting:
+        @hookimpl
+        def weakseg_register_importers(self, registry):
+            calls.append(registry.kind)
+            registry.add("counting-importer", _Loss)
+
+    plugin_registration(Counting())
+    entry = plugins.registries().importers.get("counting-importer")
+    assert calls == ["importers"]
+    assert entry.source.distribution == "(registered in code)" and entry.source.module == "Counting"

@@ -80,3 +80,19 @@ def test_registries_cover_every_kind_and_serialise():
     }
     expected = {"name": "folder", "source": "d (m)", "description": "A tiny component for registry tests."}
     assert data["importers"] == [expected]
+
+
+def test_one_kinds_table_drives_hooks_and_recipe_specs():
+    from weakseg import hookspecs
+    from weakseg.plugins import make_plugin_manager
+    from weakseg.recipe import SPEC_CLASSES
+    from weakseg.registry import KINDS, REGISTRY_KINDS
+
+    assert list(REGISTRY_KINDS) == [k.name for k in KINDS]
+    assert list(hookspecs.HOOK_TO_KIND.values()) == list(REGISTRY_KINDS)
+    assert set(SPEC_CLASSES) == set(REGISTRY_KINDS)
+    pm = make_plugin_manager(entry_points=False)
+    for kind in KINDS:
+        caller = getattr(pm.hook, kind.hook)
+        assert caller.spec is not None and caller.spec.argnames == ("registry",)
+        assert getattr(hookspecs, kind.hook).__doc__ == kind.summary

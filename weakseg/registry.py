@@ -20,16 +20,51 @@ import attrs
 
 from weakseg.errors import WeaksegError
 
-#: The registries every plugin manager fills, with the noun used in messages.
-REGISTRY_KINDS: dict[str, str] = {
-    "backbones": "backbone",
-    "principal_heads": "principal head",
-    "collaborators": "collaborator",
-    "consistency_losses": "consistency loss",
-    "label_sources": "label source",
-    "strategies": "strategy",
-    "importers": "data importer",
-}
+
+@attrs.frozen
+class Kind:
+    """One registry: its key (``backbones``), the noun used in messages and what a plugin registers there."""
+
+    name: str
+    noun: str
+    summary: str
+
+    @property
+    def hook(self) -> str:
+        """The pluggy hook a plugin implements to fill this registry (see :mod:`weakseg.hookspecs`)."""
+        return f"weakseg_register_{self.name}"
+
+
+#: Every registry, in the order ``weakseg plugins`` lists them. The hook specifications
+#: (:mod:`weakseg.hookspecs`) and the recipe's component specs (:mod:`weakseg.recipe.specs`) derive from it.
+KINDS: tuple[Kind, ...] = (
+    Kind("backbones", "backbone", "Register feature-pyramid backbones (image -> multi-scale features)."),
+    Kind(
+        "principal_heads",
+        "principal head",
+        "Register principal models built on a backbone (image -> ``Instances``).",
+    ),
+    Kind(
+        "collaborators",
+        "collaborator",
+        "Register pixel-level collaborator networks (image -> foreground/border logits).",
+    ),
+    Kind(
+        "consistency_losses",
+        "consistency loss",
+        "Register losses that tie a principal model and a collaborator together.",
+    ),
+    Kind(
+        "label_sources",
+        "label source",
+        "Register label sources that make point labels (from masks, nuclei, CSV files, ...).",
+    ),
+    Kind("strategies", "strategy", "Register training strategies (CKS, supervised, baselines, ...)."),
+    Kind("importers", "data importer", "Register data importers that turn user data into a weakseg zarr store."),
+)
+
+#: registry kind -> the noun used in messages.
+REGISTRY_KINDS: dict[str, str] = {kind.name: kind.noun for kind in KINDS}
 
 
 @attrs.frozen
