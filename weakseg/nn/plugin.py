@@ -13,11 +13,7 @@ from typing import Any
 import attrs
 
 from weakseg.hookspecs import hookimpl
-
-
-def _check_positive(instance: Any, attribute: attrs.Attribute, value: int) -> None:
-    if value < 1:
-        raise ValueError(f"{attribute.name} must be >= 1, got {value}")
+from weakseg.validators import positive as _check_positive
 
 
 def _check_rate(instance: Any, attribute: attrs.Attribute, value: float) -> None:

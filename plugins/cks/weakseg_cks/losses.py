@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from weakseg_cks.train_components import COLLAPSE_WEIGHT
+
 FLOAT32_EPS = float(torch.finfo(torch.float32).eps)
 
 
@@ -311,7 +313,7 @@ class CollapsePenalty(nn.Module):
 
     role = "collapse"
 
-    def __init__(self, weight: float = 0.01) -> None:
+    def __init__(self, weight: float = COLLAPSE_WEIGHT) -> None:
         super().__init__()
         self.weight = weight
 

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 import attrs
 
+from weakseg.validators import non_negative, positive
+
 _STRIDES = (4, 8, 16, 32)
 
 
@@ -32,16 +34,6 @@ def _check_crop(instance: Any, attribute: attrs.Attribute, value: int) -> None:
         )
 
 
-def _positive(instance: Any, attribute: attrs.Attribute, value: float) -> None:
-    if value is not None and value <= 0:
-        raise ValueError(f"{attribute.name} must be > 0, got {value}")
-
-
-def _non_negative(instance: Any, attribute: attrs.Attribute, value: float) -> None:
-    if value < 0:
-        raise ValueError(f"{attribute.name} must be >= 0, got {value}")
-
-
 @attrs.frozen(kw_only=True)
 class LacssHeadConfig:
     """LACSS principal head (CKS paper): shared multi-scale point detector + windowed instance segmentation."""
@@ -49,24 +41,24 @@ class LacssHeadConfig:
     #: Strides of the FPN levels the shared detection head runs on; ``[4]`` is the single-scale ablation.
     detection_levels: tuple[int, ...] = attrs.field(default=(4, 8, 16), validator=_check_levels)
     #: Conv + norm + ReLU layers of the detection head, and their width (None: the FPN width).
-    detection_layers: int = attrs.field(default=4, validator=_non_negative)
-    detection_channels: int | None = attrs.field(default=None, validator=_positive)
+    detection_layers: int = attrs.field(default=4, validator=non_negative)
+    detection_channels: int | None = attrs.field(default=None, validator=positive)
     #: Pixels closer than this (image px) to a point are positives, at every level.
-    detection_roi: float = attrs.field(default=8.0, validator=_positive)
-    focal_gamma: float = attrs.field(default=2.0, validator=_non_negative)
-    huber_delta: float = attrs.field(default=1.0, validator=_positive)
+    detection_roi: float = attrs.field(default=8.0, validator=positive)
+    focal_gamma: float = attrs.field(default=2.0, validator=non_negative)
+    huber_delta: float = attrs.field(default=1.0, validator=positive)
     #: Divide the offset loss by the total pixel count (reference >= 0.4) or by the positives (v0.3.0).
     localization_norm: Literal["pixels", "positives"] = "pixels"
     #: Inference / training-location proposals: distance NMS (px; 0 disables), output cap, score floor.
-    nms_distance: float = attrs.field(default=8.0, validator=_non_negative)
-    max_detections: int = attrs.field(default=2560, validator=_positive)
-    min_score: float = attrs.field(default=0.2, validator=_non_negative)
+    nms_distance: float = attrs.field(default=8.0, validator=non_negative)
+    max_detections: int = attrs.field(default=2560, validator=positive)
+    min_score: float = attrs.field(default=0.2, validator=non_negative)
     #: During training a point is replaced by the best detection closer than this (px).
-    max_proposal_offset: float = attrs.field(default=12.0, validator=_non_negative)
+    max_proposal_offset: float = attrs.field(default=12.0, validator=non_negative)
     #: Segmentation head: conv + norm + ReLU layers and width (None: the FPN width), instance channels.
-    segmentation_layers: int = attrs.field(default=3, validator=_non_negative)
-    segmentation_channels: int | None = attrs.field(default=None, validator=_positive)
-    instance_channels: int = attrs.field(default=64, validator=_positive)
+    segmentation_layers: int = attrs.field(default=3, validator=non_negative)
+    segmentation_channels: int | None = attrs.field(default=None, validator=positive)
+    instance_channels: int = attrs.field(default=64, validator=positive)
     #: Side of the square mask crop in image pixels (the paper's "maximum segmentation area").
     crop_size: int = attrs.field(default=96, validator=_check_crop)
     #: ``learned`` (MLP from the feature at the location) or ``cosine`` (fixed; the paper's ablation).

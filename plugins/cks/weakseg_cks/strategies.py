@@ -38,6 +38,13 @@ from weakseg_cks.losses import (
     mask_centroids,
     supervised_foreground_loss,
 )
+from weakseg_cks.train_components import (
+    CksStrategyConfig,
+    MixedStrategyConfig,
+    SupervisedStrategyConfig,
+    loss_problems,
+    model_problems,
+)
 
 _TRAINING_API = ("forward_train", "detection_loss", "training_locations", "segment", "predict")
 
@@ -47,13 +54,15 @@ _TRAINING_API = ("forward_train", "detection_loss", "training_locations", "segme
 # --------------------------------------------------------------------------------------------
 
 
+def _raise_problems(recipe: Any, strategy: str, collaborator: bool) -> None:
+    problems = model_problems(recipe, strategy, collaborator=collaborator)
+    if problems:
+        raise RecipeError("\n".join(f"{key}: {message}" for key, message in problems))
+
+
 def build_principal(recipe: Any, data: DataSummary, strategy: str) -> nn.Module:
     """The principal model of ``recipe.model`` (backbone + head), checked for the training API."""
-    if recipe.model is None:
-        raise RecipeError(
-            f"recipe.model: strategy {strategy!r} trains a principal model but the recipe has no `model:` "
-            "section; add e.g. `model: {backbone: {type: convnext_small}, head: {type: lacss}}`"
-        )
+    _raise_problems(recipe, strategy, collaborator=False)
     backbone = recipe.model.backbone.build(in_channels=data.in_channels)
     principal = recipe.model.head.build(backbone=backbone, in_channels=data.in_channels)
     missing = [name for name in _TRAINING_API if not callable(getattr(principal, name, None))]
@@ -68,36 +77,16 @@ def build_principal(recipe: Any, data: DataSummary, strategy: str) -> nn.Module:
 
 def build_collaborator(recipe: Any, data: DataSummary, strategy: str) -> nn.Module:
     """The collaborator of ``recipe.collaborator``."""
-    if recipe.collaborator is None:
-        raise RecipeError(
-            f"recipe.collaborator: strategy {strategy!r} needs a collaborator model; add e.g. "
-            "`collaborator: {type: cks}` (see `weakseg plugins` for the registered collaborators)"
-        )
+    _raise_problems(recipe, strategy, collaborator=True)
     return recipe.collaborator.build(in_channels=data.in_channels, n_groups=data.n_groups)
 
 
 def build_loss(spec: Any, role: str, key: str) -> nn.Module:
-    """Build a registered consistency loss and check that it plays ``role``."""
-    loss = spec.build()
-    got = getattr(loss, "role", None)
-    if got != role:
-        from weakseg.plugins import registries
-
-        fitting = [
-            e.name for e in registries().consistency_losses if getattr(_peek_role(e.config_cls), "role", None) == role
-        ]
-        raise RecipeError(
-            f"recipe.strategy.{key}: consistency loss {spec.type!r} is a {got or 'unknown'} loss, "
-            f"but this key takes a {role} loss (one of: {', '.join(fitting)})"
-        )
-    return loss
-
-
-def _peek_role(config_cls: type) -> Any:
-    try:
-        return config_cls().build()
-    except Exception:  # noqa: BLE001 - a config that needs arguments simply is not listed
-        return None
+    """Build a registered consistency loss whose config declares ``role`` (see ``loss_problems``)."""
+    problems = loss_problems(spec, role, key)
+    if problems:
+        raise RecipeError("\n".join(f"{k}: {message}" for k, message in problems))
+    return spec.build()
 
 
 def sigma_table(sigma: float | dict[str, float], data: DataSummary) -> list[float]:
@@ -125,9 +114,8 @@ def sigma_table(sigma: float | dict[str, float], data: DataSummary) -> list[floa
 
 
 def warmup_length(config: Any, recipe: Any) -> int:
+    """Warm-up steps: ``warmup_steps`` when given, else ``warmup_fraction`` of ``train.steps``."""
     if config.warmup_steps is not None:
-        if config.warmup_steps < 0:
-            raise RecipeError(f"recipe.strategy.warmup_steps must be >= 0, got {config.warmup_steps}")
         return int(config.warmup_steps)
     return int(round(config.warmup_fraction * recipe.train.steps))
 
@@ -201,37 +189,31 @@ class PrincipalStrategy(StrategyModule):
 
 
 class CksStrategy(PrincipalStrategy):
-    """Collaborative Knowledge Sharing from point labels (``strategy: {type: cks}``)."""
+    """Collaborative Knowledge Sharing from point labels (``strategy: {type: cks}``).
+
+    Reads its settings (``pi``, ``warmup_sigma``, ``border_weight``, ...) from ``config``; ``sigma``
+    (one value per group index) and ``warmup_steps`` are resolved against the data and the schedule.
+    """
 
     def __init__(
         self,
         principal: nn.Module,
         collaborator: nn.Module,
+        config: CksStrategyConfig,
         *,
-        consistency: nn.Module,
-        instance_loss: nn.Module,
-        border_loss: nn.Module,
-        collapse_loss: nn.Module,
         sigma: Sequence[float],
-        pi: float = 2.0,
-        warmup_steps: int = 0,
-        warmup_sigma: float = 100.0,
-        warmup_pi: float = 1.0,
-        border_weight: float = 1.0,
-        use_detections: bool = True,
+        warmup_steps: int,
     ) -> None:
+        from weakseg.recipe import LossSpec
+
         super().__init__(principal, collaborator)
-        self.consistency = consistency
-        self.instance_loss = instance_loss
-        self.border_loss = border_loss
-        self.collapse_loss = collapse_loss
+        self.config = config
+        self.consistency = build_loss(config.consistency, "foreground", "consistency")
+        self.instance_loss = build_loss(config.instance_loss, "instance", "instance_loss")
+        self.border_loss = build_loss(LossSpec.of("border"), "border", "border")
+        self.collapse_loss = build_loss(LossSpec.of("collapse", weight=config.collapse_weight), "collapse", "collapse")
         self.register_buffer("sigma", torch.tensor(list(sigma), dtype=torch.float32), persistent=False)
-        self.pi = float(pi)
         self.warmup_steps = int(warmup_steps)
-        self.warmup_sigma = float(warmup_sigma)
-        self.warmup_pi = float(warmup_pi)
-        self.border_weight = float(border_weight)
-        self.use_detections = use_detections
 
     def phases(self) -> list[Phase]:
         if self.warmup_steps > 0:
@@ -243,11 +225,11 @@ class CksStrategy(PrincipalStrategy):
 
     def prior(self, crops: Any, geom: Any, group: torch.Tensor, warm: bool) -> torch.Tensor | None:
         """The Gaussian prior logit offset of each crop (M, S, S), or None when pi = 0."""
-        pi = self.warmup_pi if warm else self.pi
+        pi = self.config.warmup_pi if warm else self.config.pi
         if pi == 0:
             return None
         if warm:
-            sigma = torch.full((geom.n_instances,), self.warmup_sigma, device=group.device)
+            sigma = torch.full((geom.n_instances,), self.config.warmup_sigma, device=group.device)
         else:
             table = self.sigma.to(group.device)
             sigma = table[group.clamp(0, table.numel() - 1)][geom.batch_index]
@@ -270,13 +252,13 @@ class CksStrategy(PrincipalStrategy):
                 collab.foreground, logits, geom, self.prior(crops, geom, group, warm), images
             ),
             "instance": self.instance_loss(logits, geom, collab.foreground, hard=warm, images=images),
-            "border": self.border_weight * self.border_loss(logits, geom, collab.border, images),
+            "border": self.config.border_weight * self.border_loss(logits, geom, collab.border, images),
             "collapse": self.collapse_loss(logits, geom, images),
         }
 
     def forward(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
         points = points_on(batch.image, batch.points)
-        detection, crops, geom = self._segment(batch, points, self.use_detections)
+        detection, crops, geom = self._segment(batch, points, self.config.use_detections)
         group = self._group(batch)
         collab = self.collaborator(batch.image, group)
         return {"detection": detection, **self.cks_losses(crops, geom, collab, group, step)}
@@ -317,14 +299,14 @@ def _mask_targets(batch: Batch, strategy: str, required: bool) -> tuple[list, li
 class SupervisedStrategy(PrincipalStrategy):
     """Fully supervised principal model from instance masks (``strategy: {type: supervised}``)."""
 
-    def __init__(self, principal: nn.Module, *, use_detections: bool = True) -> None:
+    def __init__(self, principal: nn.Module, config: SupervisedStrategyConfig) -> None:
         super().__init__(principal, None)
+        self.config = config
         self.mask_loss = SupervisedInstanceLoss()
-        self.use_detections = use_detections
 
     def forward(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
         ids, cents, labels = _mask_targets(batch, "supervised", required=True)
-        detection, crops, geom = self._segment(batch, list(cents), self.use_detections)
+        detection, crops, geom = self._segment(batch, list(cents), self.config.use_detections)
         instance_ids = torch.cat(ids) if ids else torch.zeros(0, dtype=torch.long, device=labels.device)
         return {"detection": detection, "mask": self.mask_loss(crops.logits, geom, labels, instance_ids)}
 
@@ -332,17 +314,18 @@ class SupervisedStrategy(PrincipalStrategy):
 class MixedStrategy(CksStrategy):
     """Masks where there are masks, points elsewhere, one run (``strategy: {type: mixed}``)."""
 
-    def __init__(self, *args: Any, supervise_collaborator: bool = True, **kwargs: Any) -> None:
+    config: MixedStrategyConfig
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.mask_loss = SupervisedInstanceLoss()
-        self.supervise_collaborator = supervise_collaborator
 
     def forward(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
         ids, cents, labels = _mask_targets(batch, "mixed", required=False)
         points = points_on(batch.image, batch.points)
         supervised = torch.tensor([c is not None for c in cents], device=batch.image.device)
         targets = [c if c is not None else p for c, p in zip(cents, points, strict=True)]
-        detection, crops, geom = self._segment(batch, targets, self.use_detections)
+        detection, crops, geom = self._segment(batch, targets, self.config.use_detections)
         group = self._group(batch)
         collab = self.collaborator(batch.image, group)
         instance_ids = (
@@ -357,7 +340,7 @@ class MixedStrategy(CksStrategy):
         )
         losses = {"detection": detection}
         losses["mask"] = self.mask_loss(crops.logits, geom, labels, instance_ids, images=supervised)
-        if self.supervise_collaborator:
+        if self.config.supervise_collaborator:
             losses["foreground_supervised"] = supervised_foreground_loss(collab.foreground, labels, images=supervised)
         losses.update(self.cks_losses(crops, geom, collab, group, step, images=~supervised))
         return losses
@@ -368,43 +351,30 @@ class MixedStrategy(CksStrategy):
 # --------------------------------------------------------------------------------------------
 
 
-def _cks_kwargs(config: Any, recipe: Any, data: DataSummary) -> dict[str, Any]:
-    from weakseg.recipe import LossSpec
-
-    return dict(
-        consistency=build_loss(config.consistency, "foreground", "consistency"),
-        instance_loss=build_loss(config.instance_loss, "instance", "instance_loss"),
-        border_loss=build_loss(LossSpec.of("border"), "border", "border"),
-        collapse_loss=build_loss(LossSpec.of("collapse", weight=config.collapse_weight), "collapse", "collapse"),
-        sigma=sigma_table(config.sigma, data),
-        pi=config.pi,
-        warmup_steps=warmup_length(config, recipe),
-        warmup_sigma=config.warmup_sigma,
-        warmup_pi=config.warmup_pi,
-        border_weight=config.border_weight,
-        use_detections=config.use_detections,
-    )
+def _schedule(config: CksStrategyConfig, recipe: Any, data: DataSummary) -> dict[str, Any]:
+    """The data- and schedule-dependent settings: sigma per group index, warm-up length."""
+    return {"sigma": sigma_table(config.sigma, data), "warmup_steps": warmup_length(config, recipe)}
 
 
-def build_cks(config: Any, recipe: Any, data: DataSummary) -> CksStrategy:
-    kwargs = _cks_kwargs(config, recipe, data)
+def build_cks(config: CksStrategyConfig, recipe: Any, data: DataSummary) -> CksStrategy:
+    schedule = _schedule(config, recipe, data)
     principal = build_principal(recipe, data, "cks")
     collaborator = build_collaborator(recipe, data, "cks")
-    return CksStrategy(principal, collaborator, **kwargs)
+    return CksStrategy(principal, collaborator, config, **schedule)
 
 
-def build_supervised(config: Any, recipe: Any, data: DataSummary) -> SupervisedStrategy:
+def build_supervised(config: SupervisedStrategyConfig, recipe: Any, data: DataSummary) -> SupervisedStrategy:
     if not data.has_masks:
         raise RecipeError(
             "recipe.strategy: strategy 'supervised' needs instance masks, but the training split of "
             "recipe.data.store has none; import labelled data or use strategy 'cks' (points only)"
         )
     principal = build_principal(recipe, data, "supervised")
-    return SupervisedStrategy(principal, use_detections=config.use_detections)
+    return SupervisedStrategy(principal, config)
 
 
-def build_mixed(config: Any, recipe: Any, data: DataSummary) -> MixedStrategy:
-    kwargs = _cks_kwargs(config, recipe, data)
+def build_mixed(config: MixedStrategyConfig, recipe: Any, data: DataSummary) -> MixedStrategy:
+    schedule = _schedule(config, recipe, data)
     principal = build_principal(recipe, data, "mixed")
     collaborator = build_collaborator(recipe, data, "mixed")
-    return MixedStrategy(principal, collaborator, supervise_collaborator=config.supervise_collaborator, **kwargs)
+    return MixedStrategy(principal, collaborator, config, **schedule)

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import attrs
 
 from weakseg.recipe import LossSpec, spec_factory
+from weakseg.validators import non_negative
+
+#: Weight w of L_MC (the paper: 0.01): the default of the ``collapse`` loss, of the CKS strategies'
+#: ``collapse_weight`` and of :class:`weakseg_cks.losses.CollapsePenalty`.
+COLLAPSE_WEIGHT = 0.01
 
 # --------------------------------------------------------------------------------------------
 # Collaborators (paper Sec. III-B, Table VII)
@@ -101,12 +106,17 @@ COLLABORATORS: dict[str, type] = {
 
 # --------------------------------------------------------------------------------------------
 # Consistency losses (paper Sec. III-C/D)
+#
+# ``role`` (a class attribute) names the term a loss can play, so that a strategy can accept or
+# refuse it for one of its keys without building it (the built torch module has the same ``role``).
 # --------------------------------------------------------------------------------------------
 
 
 @attrs.frozen(kw_only=True)
 class LinearConsistencyConfig:
     """L_M, linear: collaborator foreground f vs detached merged principal map g, g(1-f) + (1-g)f (eq. 6)."""
+
+    role: ClassVar[str] = "foreground"
 
     def build(self, **_: Any) -> Any:
         from weakseg_cks.losses import ForegroundConsistency
@@ -118,6 +128,8 @@ class LinearConsistencyConfig:
 class CrossEntropyConsistencyConfig:
     """L_M, cross-entropy ablation: BCE of the collaborator foreground against the hard label g >= 0.5 (eq. 5)."""
 
+    role: ClassVar[str] = "foreground"
+
     def build(self, **_: Any) -> Any:
         from weakseg_cks.losses import ForegroundConsistency
 
@@ -127,6 +139,8 @@ class CrossEntropyConsistencyConfig:
 @attrs.frozen(kw_only=True)
 class InstanceConsistencyConfig:
     """L_S: each instance follows the detached collaborator foreground, plus the overlap penalty (eq. 8)."""
+
+    role: ClassVar[str] = "instance"
 
     overlap_weight: float = attrs.field(default=1.0, validator=attrs.validators.ge(0))
 
@@ -140,6 +154,8 @@ class InstanceConsistencyConfig:
 class InstanceCrossEntropyConfig:
     """L_S, cross-entropy ablation: BCE of each instance against the hard collaborator label, plus overlap."""
 
+    role: ClassVar[str] = "instance"
+
     overlap_weight: float = attrs.field(default=1.0, validator=attrs.validators.ge(0))
 
     def build(self, **_: Any) -> Any:
@@ -152,6 +168,8 @@ class InstanceCrossEntropyConfig:
 class BorderConsistencyConfig:
     """L_B: collaborator border vs tanh of summed Sobel borders of the instances, L2; updates both models."""
 
+    role: ClassVar[str] = "border"
+
     def build(self, **_: Any) -> Any:
         from weakseg_cks.losses import BorderConsistency
 
@@ -162,7 +180,9 @@ class BorderConsistencyConfig:
 class CollapsePenaltyConfig:
     """L_MC: w * mean_i S / sqrt(mass_i), keeps instance masks from collapsing to nothing (w = 0.01)."""
 
-    weight: float = attrs.field(default=0.01, validator=attrs.validators.ge(0))
+    role: ClassVar[str] = "collapse"
+
+    weight: float = attrs.field(default=COLLAPSE_WEIGHT, validator=attrs.validators.ge(0))
 
     def build(self, **_: Any) -> Any:
         from weakseg_cks.losses import CollapsePenalty
@@ -202,9 +222,37 @@ def _sigma(value: Any) -> float | dict[str, float]:
     return number(value, "sigma")
 
 
-def _non_negative(_: Any, attribute: attrs.Attribute, value: float) -> None:
-    if value < 0:
-        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
+def model_problems(recipe: Any, strategy: str, *, collaborator: bool) -> list[tuple[str, str]]:
+    """A principal model (and a collaborator, when ``collaborator``) must be in the recipe."""
+    problems = []
+    if recipe.model is None:
+        problems.append((
+            "recipe.model",
+            f"strategy {strategy!r} trains a principal model but the recipe has no `model:` section; add e.g. "
+            "`model: {backbone: {type: convnext_small}, head: {type: lacss}}`",
+        ))
+    if collaborator and recipe.collaborator is None:
+        problems.append((
+            "recipe.collaborator",
+            f"strategy {strategy!r} needs a collaborator model; add e.g. `collaborator: {{type: cks}}` "
+            "(see `weakseg plugins` for the registered collaborators)",
+        ))
+    return problems
+
+
+def loss_problems(spec: LossSpec, role: str, key: str) -> list[tuple[str, str]]:
+    """The consistency loss of ``recipe.strategy.<key>`` must declare ``role`` (its config's class attribute)."""
+    got = getattr(spec.config, "role", None)
+    if got == role:
+        return []
+    from weakseg.plugins import registries
+
+    fitting = [e.name for e in registries().consistency_losses if getattr(e.config_cls, "role", None) == role]
+    return [(
+        f"recipe.strategy.{key}",
+        f"consistency loss {spec.type!r} is a {got or 'unknown'} loss, but this key takes a {role} loss "
+        f"(one of: {', '.join(fitting)})",
+    )]
 
 
 @attrs.frozen(kw_only=True)
@@ -218,18 +266,29 @@ class CksStrategyConfig:
     ``pi: 0`` switches the Gaussian prior off; ``sigma`` is one value or ``{group: sigma}``.
     """
 
+    #: The registered name, for messages.
+    strategy: ClassVar[str] = "cks"
+
     consistency: LossSpec = attrs.field(factory=spec_factory(LossSpec, "linear"))
     instance_loss: LossSpec = attrs.field(factory=spec_factory(LossSpec, "instance"))
-    pi: float = attrs.field(default=2.0, validator=_non_negative)
+    pi: float = attrs.field(default=2.0, validator=non_negative)
     sigma: Any = attrs.field(default=20.0, converter=_sigma)
-    warmup_steps: int | None = None
+    warmup_steps: int | None = attrs.field(default=None, validator=non_negative)
     warmup_fraction: float = attrs.field(default=0.1, validator=[attrs.validators.ge(0.0), attrs.validators.le(1.0)])
     warmup_sigma: float = attrs.field(default=100.0, validator=attrs.validators.gt(0))
-    warmup_pi: float = attrs.field(default=1.0, validator=_non_negative)
-    collapse_weight: float = attrs.field(default=0.01, validator=_non_negative)
-    border_weight: float = attrs.field(default=1.0, validator=_non_negative)
+    warmup_pi: float = attrs.field(default=1.0, validator=non_negative)
+    collapse_weight: float = attrs.field(default=COLLAPSE_WEIGHT, validator=non_negative)
+    border_weight: float = attrs.field(default=1.0, validator=non_negative)
     #: Segment at the best detection within the head's match radius of each point (the reference), not the point.
     use_detections: bool = True
+
+    def check(self, recipe: Any) -> list[tuple[str, str]]:
+        """A principal model, a collaborator, and losses of the right role for ``consistency`` / ``instance_loss``."""
+        return [
+            *model_problems(recipe, self.strategy, collaborator=True),
+            *loss_problems(self.consistency, "foreground", "consistency"),
+            *loss_problems(self.instance_loss, "instance", "instance_loss"),
+        ]
 
     def build(self, *, recipe: Any, data: Any, **_: Any) -> Any:
         from weakseg_cks.strategies import build_cks
@@ -242,6 +301,10 @@ class SupervisedStrategyConfig:
     """Fully supervised principal model from instance masks (BCE on crops, detection from centroids): upper bound."""
 
     use_detections: bool = True
+
+    def check(self, recipe: Any) -> list[tuple[str, str]]:
+        """A principal model (the masks themselves are checked when the training data is known)."""
+        return model_problems(recipe, "supervised", collaborator=False)
 
     def build(self, *, recipe: Any, data: Any, **_: Any) -> Any:
         from weakseg_cks.strategies import build_supervised
@@ -256,6 +319,8 @@ class MixedStrategyConfig(CksStrategyConfig):
     Images with masks train the principal with the supervised losses and (``supervise_collaborator``)
     the collaborator foreground with BCE against the mask; images with points only get the CKS losses.
     """
+
+    strategy: ClassVar[str] = "mixed"
 
     supervise_collaborator: bool = True
 

@@ -10,23 +10,9 @@ from typing import Any, Literal
 import attrs
 
 from weakseg.hookspecs import hookimpl
+from weakseg.validators import fraction, non_negative, positive
 
 Modality = Literal["fluorescence", "phase"]
-
-
-def _positive(instance: Any, attribute: attrs.Attribute, value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
-
-
-def _non_negative(instance: Any, attribute: attrs.Attribute, value: float) -> None:
-    if value < 0:
-        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
-
-
-def _fraction(instance: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not 0 <= value <= 1:
-        raise ValueError(f"{attribute.name} must lie in [0, 1], got {value!r}")
 
 
 @attrs.frozen(kw_only=True)
@@ -44,47 +30,47 @@ class NishimuraConfig:
     variant: Literal["graphcut", "lite"] = "graphcut"
     modality: Modality = "phase"
     #: Standard deviation (px) of the Gaussian per point in the training target (the paper: 12).
-    sigma: float = attrs.field(default=12.0, validator=_positive)
+    sigma: float = attrs.field(default=12.0, validator=positive)
     #: U-Net width of the first level (the paper: 64, i.e. 64-128-256-512-512) and number of poolings.
-    unet_base: int = attrs.field(default=64, validator=_positive)
-    unet_depth: int = attrs.field(default=4, validator=_positive)
+    unet_base: int = attrs.field(default=64, validator=positive)
+    unet_depth: int = attrs.field(default=4, validator=positive)
     #: Peaks: heatmap value threshold (the paper: 125/255 in propagation) and suppression half-width (px).
-    peak_threshold: float = attrs.field(default=0.5, validator=_fraction)
-    peak_min_distance: int = attrs.field(default=5, validator=_non_negative)
+    peak_threshold: float = attrs.field(default=0.5, validator=fraction)
+    peak_min_distance: int = attrs.field(default=5, validator=non_negative)
     #: At most this many peaks per image (the highest), so an untrained network cannot stall evaluation.
-    max_peaks: int = attrs.field(default=1000, validator=_positive)
+    max_peaks: int = attrs.field(default=1000, validator=positive)
     #: Each peak's output region: its Voronoi cell within region_radius * sigma (the paper: ~2.6 sigma).
-    region_radius: float = attrs.field(default=2.6, validator=_positive)
+    region_radius: float = attrs.field(default=2.6, validator=positive)
     #: Guided-backprop window side (px) around each peak; None: 2 * region + 64 rounded up to 16.
     window: int | None = None
     #: Back-propagate through the whole image for every peak (exact, as the paper; slow).
     whole_image: bool = False
     #: Peaks per forward/backward batch.
-    peak_batch: int = attrs.field(default=16, validator=_positive)
+    peak_batch: int = attrs.field(default=16, validator=positive)
     #: Which part of the channel-summed input gradient is the response: ``positive`` (the paper),
     #: ``negative`` or ``abs``.
     response_sign: Literal["positive", "negative", "abs"] = "positive"
     #: Response maps: Gaussian smoothing (px), then normalisation per map.
-    response_blur: float = attrs.field(default=1.0, validator=_non_negative)
+    response_blur: float = attrs.field(default=1.0, validator=non_negative)
     response_norm: Literal["max", "quantile", "none"] = "max"
     #: Pixels whose best normalised response is below this belong to no cell.
-    response_threshold: float = attrs.field(default=0.05, validator=_non_negative)
+    response_threshold: float = attrs.field(default=0.05, validator=non_negative)
     #: Graph cut seeds (normalised responses): the cell's own pixels above fg_seed_threshold are
     #: foreground; other cells' pixels above bg_seed_threshold, and pixels where every response is
     #: below empty_threshold, are background.
-    fg_seed_threshold: float = attrs.field(default=0.2, validator=_non_negative)
-    bg_seed_threshold: float = attrs.field(default=0.2, validator=_non_negative)
-    empty_threshold: float = attrs.field(default=0.02, validator=_non_negative)
-    min_seed_area: int = attrs.field(default=3, validator=_non_negative)
+    fg_seed_threshold: float = attrs.field(default=0.2, validator=non_negative)
+    bg_seed_threshold: float = attrs.field(default=0.2, validator=non_negative)
+    empty_threshold: float = attrs.field(default=0.02, validator=non_negative)
+    min_seed_area: int = attrs.field(default=3, validator=non_negative)
     #: Pairwise term: ``intensity`` = the paper's exp(-beta * I) (I inverted for fluorescence, beta 10);
     #: ``contrast`` = exp(-beta * dI^2 / (2 <dI^2>)) (beta 1), cheap cuts across edges. Image smoothed
     #: by edge_smooth px first. Potts weight, background bias per pixel, ROI margin around each cell.
     edge_weights: Literal["contrast", "intensity"] = "contrast"
     edge_beta: float | None = None
-    edge_smooth: float = attrs.field(default=0.0, validator=_non_negative)
-    pairwise_weight: float = attrs.field(default=20.0, validator=_non_negative)
-    unary_bias: float = attrs.field(default=2e-4, validator=_non_negative)
-    graphcut_margin: int = attrs.field(default=16, validator=_non_negative)
+    edge_smooth: float = attrs.field(default=0.0, validator=non_negative)
+    pairwise_weight: float = attrs.field(default=20.0, validator=non_negative)
+    unary_bias: float = attrs.field(default=2e-4, validator=non_negative)
+    graphcut_margin: int = attrs.field(default=16, validator=non_negative)
     #: Post-processing of each cut cell: dilate (disk 2), fill holes, erode (disk 1).
     smooth: bool = True
     #: Image channel for the graph-cut edge weights (None: mean of all channels).
@@ -122,30 +108,30 @@ class SeededWatershedConfig:
     #: Intensity channel (None: mean of the channels other than nuclear_channel).
     channel: int | None = None
     #: Gaussian smoothing (px) of the intensity before Otsu.
-    smooth_sigma: float = attrs.field(default=1.0, validator=_non_negative)
+    smooth_sigma: float = attrs.field(default=1.0, validator=non_negative)
     #: Local standard deviation window (px) for phase contrast / bright field.
-    texture_window: int = attrs.field(default=9, validator=_positive)
+    texture_window: int = attrs.field(default=9, validator=positive)
     #: Foreground clean-up: remove objects up to min_size px, fill holes up to max_hole_size px
     #: (phase-contrast texture marks mostly the cell outline).
-    min_size: int = attrs.field(default=30, validator=_non_negative)
-    max_hole_size: int = attrs.field(default=5000, validator=_non_negative)
+    min_size: int = attrs.field(default=30, validator=non_negative)
+    max_hole_size: int = attrs.field(default=5000, validator=non_negative)
     #: Morphological closing of the foreground (disk radius, px) before hole filling.
-    closing_radius: int = attrs.field(default=0, validator=_non_negative)
+    closing_radius: int = attrs.field(default=0, validator=non_negative)
     #: Watershed surface: distance transform of the foreground, or the (smoothed) intensity.
     surface: Literal["distance", "intensity"] = "distance"
-    compactness: float = attrs.field(default=0.0, validator=_non_negative)
+    compactness: float = attrs.field(default=0.0, validator=non_negative)
     #: Own seeds: maxima of the distance transform smoothed by seed_smooth, min_distance apart.
-    seed_min_distance: int = attrs.field(default=7, validator=_positive)
-    seed_smooth: float = attrs.field(default=2.0, validator=_non_negative)
+    seed_min_distance: int = attrs.field(default=7, validator=positive)
+    seed_smooth: float = attrs.field(default=2.0, validator=non_negative)
     #: Own seeds from a nuclear stain: LoG blob detection on this channel (sigmas in px).
     nuclear_channel: int | None = None
-    blob_min_sigma: float = attrs.field(default=2.0, validator=_positive)
-    blob_max_sigma: float = attrs.field(default=10.0, validator=_positive)
-    blob_threshold: float = attrs.field(default=0.05, validator=_positive)
+    blob_min_sigma: float = attrs.field(default=2.0, validator=positive)
+    blob_max_sigma: float = attrs.field(default=10.0, validator=positive)
+    blob_threshold: float = attrs.field(default=0.05, validator=positive)
     #: Given points are stamped as discs of this radius (px) and forced into the foreground.
-    seed_radius: int = attrs.field(default=2, validator=_non_negative)
+    seed_radius: int = attrs.field(default=2, validator=non_negative)
     #: Drop instances smaller than this (px).
-    min_area: int = attrs.field(default=10, validator=_non_negative)
+    min_area: int = attrs.field(default=10, validator=non_negative)
     #: Side of the square mask crops (None: per image, the largest cell box + 2; see nishimura).
     mask_size: int | None = None
 
