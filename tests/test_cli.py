@@ -71,3 +71,17 @@ def test_user_error_in_run_is_one_line_exit_2(tmp_path):
     proc = run_cli("run", str(tmp_path / "missing.yaml"))
     assert proc.returncode == 2
     assert "recipe file not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_disabling_the_core_data_plugin_is_refused_with_a_message():
+    import os
+
+    env = {**os.environ, "WEAKSEG_DISABLE_PLUGINS": "data"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "weakseg", "plugins", "--json"], capture_output=True, text=True, cwd=REPO, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "'data' is part of weakseg's core" in proc.stderr and "cannot be disabled" in proc.stderr
+    data = json.loads(proc.stdout)
+    assert "centroids" in {e["name"] for e in data["label_sources"]}
+    assert "folder" in {e["name"] for e in data["importers"]}

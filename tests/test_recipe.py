@@ -11,7 +11,17 @@ import yaml
 
 from weakseg.errors import RecipeError
 from weakseg.hookspecs import hookimpl
-from weakseg.recipe import LossSpec, Recipe, apply_overrides, deep_merge, load_recipe, recipe_from_yaml_text
+from weakseg.recipe import (
+    LossSpec,
+    Recipe,
+    apply_overrides,
+    check_recipe,
+    deep_merge,
+    load_recipe,
+    recipe_from_yaml_text,
+    recipe_problems,
+    structure,
+)
 
 
 @attrs.frozen(kw_only=True)
@@ -63,6 +73,24 @@ class TLabels:
         return None
 
 
+@attrs.frozen(kw_only=True)
+class TCheckedStrategy:
+    """Test strategy that refuses recipes without a model and losses heavier than 5."""
+
+    consistency: LossSpec = attrs.field(factory=lambda: LossSpec.of("t-linear"))
+
+    def check(self, recipe):
+        problems = []
+        if recipe.model is None:
+            problems.append(("recipe.model", "this strategy trains a model; add a `model:` section"))
+        if self.consistency.config.weight > 5:
+            problems.append(("recipe.strategy.consistency.weight", "at most 5"))
+        return problems
+
+    def build(self, recipe, data):
+        return "checked"
+
+
 class _Plugin:
     @hookimpl
     def weakseg_register_backbones(self, registry):
@@ -80,6 +108,7 @@ class _Plugin:
     @hookimpl
     def weakseg_register_strategies(self, registry):
         registry.add("t-cks", TStrategy)
+        registry.add("t-checked", TCheckedStrategy)
 
     @hookimpl
     def weakseg_register_label_sources(self, registry):
@@ -232,3 +261,41 @@ def test_recipe_class_is_the_schema():
 def test_mask_threshold_must_be_a_probability(tmp_path):
     msg = errors_of(write(tmp_path, "r.yaml", BASE + "eval: {mask_threshold: 1.5}\n"))
     assert "recipe.eval: invalid value: 'mask_threshold' must be < 1.0: 1.5" in msg
+
+
+def test_the_strategy_checks_the_whole_recipe_on_load(tmp_path):
+    text = BASE.replace("type: t-cks,", "type: t-checked,").replace("weight: 2", "weight: 9")
+    text = text.replace("model:\n  backbone: {type: t-convnext_small, depth: 4}\n  head: {type: t-head}\n", "")
+    path = write(tmp_path, "r.yaml", text)
+    msg = errors_of(path)
+    assert msg.startswith(f"{path}:")
+    assert "recipe.model: this strategy trains a model" in msg
+    assert "recipe.strategy.consistency.weight: at most 5" in msg
+    # the same recipe structured in code passes the schema; check_recipe reports the same problems
+    recipe = structure(yaml.safe_load(textwrap.dedent(text)), Recipe)
+    assert [key for key, _ in recipe_problems(recipe)] == ["recipe.model", "recipe.strategy.consistency.weight"]
+    with pytest.raises(RecipeError, match=r"recipe\.model"):
+        check_recipe(recipe)
+    assert load_recipe(write(tmp_path, "ok.yaml", BASE.replace("type: t-cks,", "type: t-checked,"))).name == "demo"
+
+
+def test_a_model_section_needs_a_head(tmp_path):
+    msg = errors_of(write(tmp_path, "r.yaml", BASE.replace("  head: {type: t-head}\n", "")))
+    assert "recipe.model.head: required key 'head' is missing" in msg
+
+
+def test_a_recipe_that_is_not_utf8_names_the_file(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: caf\u00e9\n".encode("latin-1"))
+    msg = errors_of(path)
+    assert msg.startswith(f"{path}: the recipe is not UTF-8 text") and "save the file as UTF-8" in msg
+    parent = tmp_path / "child.yaml"
+    parent.write_text("extends: latin1.yaml\n")
+    assert errors_of(parent).startswith(f"{path}: the recipe is not UTF-8")
+
+
+def test_public_names_stay_importable_from_weakseg_recipe():
+    import weakseg.recipe as recipe_module
+
+    for name in recipe_module.__all__:
+        assert getattr(recipe_module, name) is not None, name

@@ -53,6 +53,12 @@ def _cmd_recipes_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_recipes_check(args: argparse.Namespace) -> int:
+    """Validate each recipe (schema and the strategy's own checks); warn about a store the run cannot find.
+
+    A missing ``data.store`` is only a warning: the store may be imported on another machine or
+    later. A recipe with ``data.synthetic`` makes its store itself, so it gets no warning.
+    """
+    from weakseg.data.store import open_store
     from weakseg.recipe import load_recipe
 
     failed = 0
@@ -64,6 +70,11 @@ def _cmd_recipes_check(args: argparse.Namespace) -> int:
             failed += 1
             continue
         print(f"ok: {file} (recipe {recipe.name!r}, strategy {recipe.strategy.type!r})")
+        if recipe.data.synthetic is None:
+            try:
+                open_store(recipe.data.store)  # reads zarr.json only; `weakseg run` would stop here
+            except WeaksegError as exc:
+                print(f"warning: {file}: recipe.data.store: {exc}", file=sys.stderr)
     return 2 if failed else 0
 
 
