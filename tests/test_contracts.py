@@ -112,8 +112,11 @@ def test_collaborator_builds_and_runs_forward_backward(name):
 def test_consistency_loss_gives_a_finite_scalar_with_gradients(name):
     from weakseg_cks.losses import crop_geometry
 
-    loss = REGS.consistency_losses.create(name).build()
+    config = REGS.consistency_losses.create(name)
+    loss = config.build()
     role = getattr(loss, "role", None)
+    # strategies read the role from the config class without building the loss: both must agree
+    assert getattr(type(config), "role", None) == role, (name, role)
     assert role in {"foreground", "instance", "border", "collapse", "mask", "foreground_supervised"}, role
     b, s, m = 2, 16, 3
     logits = torch.randn(m, s, s, requires_grad=True)
@@ -148,6 +151,17 @@ def strategy_recipe(name: str) -> Recipe:
         },
         Recipe,
     )
+
+
+@pytest.mark.parametrize("name", names("strategies"))
+def test_strategy_check_accepts_a_complete_recipe(name):
+    from weakseg.recipe import check_recipe, recipe_problems
+
+    recipe = strategy_recipe(name)
+    problems = recipe_problems(recipe)
+    assert isinstance(problems, list) and all(isinstance(k, str) and isinstance(m, str) for k, m in problems)
+    assert problems == [], problems
+    assert check_recipe(recipe) is recipe
 
 
 @pytest.mark.parametrize("name", names("strategies"))
