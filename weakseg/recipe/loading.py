@@ -121,12 +121,16 @@ def recipe_problems(recipe: Recipe) -> list[tuple[str, str]]:
     return list(check(recipe)) if callable(check) else []
 
 
-def check_recipe(recipe: Recipe, origin: str = "") -> Recipe:
-    """Raise :class:`RecipeError` listing every problem :func:`recipe_problems` finds; else return ``recipe``."""
-    problems = recipe_problems(recipe)
+def raise_problems(problems: list[tuple[str, str]], origin: str = "") -> None:
+    """Raise one :class:`RecipeError` with a ``key path: message`` line per problem (none: return)."""
     if problems:
         lines = "\n".join(f"{key}: {message}" for key, message in problems)
         raise RecipeError(f"{origin}:\n{lines}" if origin else lines)
+
+
+def check_recipe(recipe: Recipe, origin: str = "") -> Recipe:
+    """Raise :class:`RecipeError` listing every problem :func:`recipe_problems` finds; else return ``recipe``."""
+    raise_problems(recipe_problems(recipe), origin)
     return recipe
 
 

@@ -29,6 +29,7 @@ from torch import nn
 
 from weakseg.components import Batch, DataSummary, Phase
 from weakseg.errors import DataError, RecipeError
+from weakseg.recipe import LossSpec, raise_problems
 from weakseg.registry import close_matches
 from weakseg.strategy import StrategyModule
 from weakseg_cks.losses import (
@@ -54,15 +55,9 @@ _TRAINING_API = ("forward_train", "detection_loss", "training_locations", "segme
 # --------------------------------------------------------------------------------------------
 
 
-def _raise_problems(recipe: Any, strategy: str, collaborator: bool) -> None:
-    problems = model_problems(recipe, strategy, collaborator=collaborator)
-    if problems:
-        raise RecipeError("\n".join(f"{key}: {message}" for key, message in problems))
-
-
 def build_principal(recipe: Any, data: DataSummary, strategy: str) -> nn.Module:
     """The principal model of ``recipe.model`` (backbone + head), checked for the training API."""
-    _raise_problems(recipe, strategy, collaborator=False)
+    raise_problems(model_problems(recipe, strategy, collaborator=False))
     backbone = recipe.model.backbone.build(in_channels=data.in_channels)
     principal = recipe.model.head.build(backbone=backbone, in_channels=data.in_channels)
     missing = [name for name in _TRAINING_API if not callable(getattr(principal, name, None))]
@@ -77,15 +72,13 @@ def build_principal(recipe: Any, data: DataSummary, strategy: str) -> nn.Module:
 
 def build_collaborator(recipe: Any, data: DataSummary, strategy: str) -> nn.Module:
     """The collaborator of ``recipe.collaborator``."""
-    _raise_problems(recipe, strategy, collaborator=True)
+    raise_problems(model_problems(recipe, strategy, collaborator=True))
     return recipe.collaborator.build(in_channels=data.in_channels, n_groups=data.n_groups)
 
 
 def build_loss(spec: Any, role: str, key: str) -> nn.Module:
     """Build a registered consistency loss whose config declares ``role`` (see ``loss_problems``)."""
-    problems = loss_problems(spec, role, key)
-    if problems:
-        raise RecipeError("\n".join(f"{k}: {message}" for k, message in problems))
+    raise_problems(loss_problems(spec, role, key))
     return spec.build()
 
 
@@ -204,8 +197,6 @@ class CksStrategy(PrincipalStrategy):
         sigma: Sequence[float],
         warmup_steps: int,
     ) -> None:
-        from weakseg.recipe import LossSpec
-
         super().__init__(principal, collaborator)
         self.config = config
         self.consistency = build_loss(config.consistency, "foreground", "consistency")
