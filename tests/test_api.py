@@ -83,5 +83,10 @@ def test_train_runs_a_recipe_file_with_overrides_and_tracks_it(tiny_recipe, tmp_
 
 
 def test_train_reports_a_misspelt_override_key(tiny_recipe):
+    from weakseg.recipe import load_recipe
+
     with pytest.raises(weakseg.WeaksegError, match=r"recipe.train: unknown key 'stesp'; did you mean 'steps'"):
         weakseg.train(tiny_recipe, **{"train.stesp": 2})
+    # a validated Recipe object takes the same dotted overrides
+    with pytest.raises(weakseg.WeaksegError, match=r"recipe.train: unknown key 'stesp'"):
+        weakseg.train(load_recipe(tiny_recipe), overrides={"train.stesp": 2})
