@@ -300,7 +300,7 @@ def main() -> None:
             f"{r['gflop_per_step']:>8.0f} {r['gflop_per_s']:>8.0f} {r['peak_rss_gib']:>7.2f} GiB "
             f"{r['load_average']:>5.1f}  " + ", ".join(f"{t:.2f}" for t in r["step_times_s"])
         )
-    print("s/step: median of the timed steps; best: the fastest; GFLOP/s from the median; load: 1-min load average")
+    print("s/step: median of the timed steps; best: the fastest; GFLOP/s from the median; load: 1-minute system load")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,14 @@ def recipe_dirs() -> list[Path]:
     return out
 
 
+def _cmd_recipes_schema(args: argparse.Namespace) -> int:
+    """Print every recipe key with its type, default and documentation (``docs/recipes.md`` is --markdown)."""
+    from weakseg import recipe_reference
+
+    print(recipe_reference.render_markdown() if args.markdown else recipe_reference.render_text(), end="")
+    return 0
+
+
 def _cmd_recipes_list(args: argparse.Namespace) -> int:
     import yaml
 
@@ -112,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    p = sub.add_parser("recipes", help="list or check recipes")
+    p = sub.add_parser("recipes", help="list, check or describe recipes")
     rsub = p.add_subparsers(dest="recipes_command", metavar="ACTION")
     rsub.required = True
     pl = rsub.add_parser("list", help="list shipped recipes")
@@ -122,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("files", nargs="+", metavar="FILE")
     pc.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
     pc.set_defaults(func=_cmd_recipes_check)
+    ps = rsub.add_parser("schema", help="every recipe key: dotted path, type, default, documentation")
+    ps.add_argument("--markdown", action="store_true", help="as markdown tables (the text of docs/recipes.md)")
+    ps.set_defaults(func=_cmd_recipes_schema)
 
     p = sub.add_parser("plugins", help="list every registered component and its source")
     p.add_argument("--json", action="store_true", help="machine-readable: registry -> [{name, source, description}]")

@@ -1,0 +1,48 @@
+"""docs/results.md: its generated part is what ``benchmarks/accuracy.py`` renders from the stored figures."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BENCHMARK = REPO / "benchmarks" / "accuracy.py"
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("accuracy_benchmark", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_results_page_is_rendered_from_the_stored_figures():
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARK), "--render-only", "--check"], capture_output=True, text=True, cwd=REPO
+    )
+    assert proc.returncode == 0, proc.stderr + "\nregenerate with `python benchmarks/accuracy.py --render-only`"
+
+
+def test_render_replaces_only_the_generated_part_and_check_sees_staleness(tmp_path):
+    bench = load_benchmark()
+    stored = json.loads((REPO / "benchmarks" / "results" / "accuracy.json").read_text())
+    stored["rows"][0]["AP50"] = 0.123  # a changed figure must show up in the page
+    figures = tmp_path / "figures.json"
+    figures.write_text(json.dumps(stored))
+    doc = tmp_path / "results.md"
+    doc.write_text(f"# Page\n\nintro\n\n{bench.BEGIN}\nold table\n{bench.END}\n\ndiscussion kept\n")
+
+    assert bench.main(["--render-only", "--results", str(figures), "--docs", str(doc), "--check"]) == 1
+    assert bench.main(["--render-only", "--results", str(figures), "--docs", str(doc)]) == 0
+    text = doc.read_text()
+    assert text.startswith("# Page\n\nintro\n\n") and text.endswith("\n\ndiscussion kept\n")
+    assert "old table" not in text and "| kromp | CKS (points only) | 0.123 |" in text
+    assert "CKS AP50 0.123 = 14 % of supervised 0.892" in text
+    assert bench.main(["--render-only", "--results", str(figures), "--docs", str(doc), "--check"]) == 0
+    # the page states figures and setting, no judgement against a target and no machine load
+    assert "2 CPU cores" in text and "train.steps=800" in text
+    for word in ("MISSES", "meets", "bar", "load"):
+        assert word not in text
