@@ -21,26 +21,52 @@ Precision = Literal["fp32", "bf16", "auto"]
 
 @attrs.frozen(kw_only=True)
 class SyntheticData:
-    """Generate a seeded synthetic store at ``data.store`` when it does not exist (demo runs)."""
+    """Generate a seeded synthetic store at ``data.store`` when it is missing or stale (demo runs).
 
+    Images of touching irregular cells with instance masks, centroid points and a nuclear-stain image;
+    each image's group is its modality. Changing any key here regenerates the store.
+    """
+
+    #: Number of images generated.
     n_images: int = 8
+    #: Side of each square image, in pixels.
     size: int = 256
+    #: Look of the images: ``phase`` (phase-contrast-like), ``fluorescence`` (a cytoplasmic stain) or
+    #: ``mixed`` (the two alternating).
     modality: Literal["phase", "fluorescence", "mixed"] = "mixed"
+    #: Typical cell diameter in pixels; each image varies it by up to 15 % either way.
     cell_diameter: float = 24.0
+    #: Fraction of each group's images put in the ``val`` split (the rest are ``train``); with more than
+    #: one image, a positive fraction always yields at least one validation image.
     val_fraction: float = 0.25
+    #: Seed of the images and of the split: the same settings always give the same store.
     seed: int = 0
 
 
 @attrs.frozen(kw_only=True)
 class AugmentConfig:
-    """Training augmentations of the paper (flips, 90-degree rotations, resize, intensity)."""
+    """Training augmentations of the paper (flips, 90-degree rotations, resize, intensity), drawn per crop.
 
+    Only training crops are augmented; evaluation and prediction see the images as they are.
+    """
+
+    #: Flip each crop vertically and horizontally, each with probability 0.5.
     flips: bool = True
+    #: Rotate each crop by a random multiple of 90 degrees.
     rot90: bool = True
+    #: [low, high] of the random resize factor, drawn uniformly and applied on top of the cell-size
+    #: rescaling (``data.target_cell_size``, ``data.group_scales``); ``[1.0, 1.0]`` turns the random resize off.
     scale_range: tuple[float, float] = (0.85, 1.15)
+    #: Draw the resize factor separately for y and x (cells get stretched), instead of one for both axes.
     anisotropic: bool = True
+    #: Largest random brightness shift, added to the standardised crop (in units of the image's standard
+    #: deviation), drawn uniformly in [-brightness, brightness]; 0 turns it off.
     brightness: float = 0.3
+    #: [low, high] of the random contrast factor that multiplies the standardised crop, drawn uniformly;
+    #: ``[1.0, 1.0]`` turns it off.
     contrast: tuple[float, float] = (0.6, 1.4)
+    #: [low, high] of the random gamma (both above 0), drawn log-uniformly and applied to intensities mapped
+    #: to [0, 1] by the image's 0.1-99.9 percentile range, before standardisation; ``[1.0, 1.0]`` turns it off.
     gamma: tuple[float, float] = (0.5, 2.0)
 
 
@@ -48,31 +74,51 @@ class AugmentConfig:
 class DataConfig:
     """Where training data comes from and how crops are made."""
 
+    #: Path of the weakseg zarr store (written by ``weakseg data import``, or generated when ``data.synthetic``
+    #: is set); a relative path is taken from the working directory.
     store: str
+    #: Store split whose images are trained on; its cell sizes also set the per-group scales.
     train_split: str = "train"
+    #: Name of the validation split, for reference only: what a run evaluates is ``eval.split``.
     val_split: str = "val"
+    #: Where the training points come from, e.g. ``centroids`` of the masks, ``nuclei`` blobs on a nuclear
+    #: channel, ``csv`` (the imported points) or ``jitter``.
     label_source: LabelSourceSpec = attrs.field(factory=lambda: LabelSourceSpec.of("centroids"))
+    #: Side of the square training crops, in pixels after rescaling; smaller images are padded. Each image
+    #: gives about (scaled area / crop area) crops per epoch; larger crops add context and memory.
     crop_size: int = 544
+    #: Random augmentation of the training crops.
     augment: AugmentConfig = attrs.field(factory=AugmentConfig)
-    #: Rescale images so that the typical cell diameter (pixels) becomes this; None keeps sizes.
+    #: Typical cell diameter (pixels) that images are resized to, in training, evaluation and (recorded in
+    #: the checkpoint) prediction; diameters come from importer metadata, masks or point spacing, measured on
+    #: ``train_split`` where a group has images there. null keeps the original size.
     target_cell_size: float | None = None
-    #: Fixed scale factor per group (cell line), e.g. {A172: 1.0, BV2: 2.6}; overrides target_cell_size.
+    #: Fixed resize factor per group (e.g. cell line), e.g. {A172: 1.0, BV2: 2.6}; a listed group uses it
+    #: instead of target_cell_size, the others are measured (or kept at 1.0 without target_cell_size).
     group_scales: dict[str, float] = attrs.field(factory=dict)
     #: How target_cell_size is applied: ``group`` (one factor per group from its median cell diameter,
     #: the paper's per-cell-line scaling) or ``image`` (each image by its own measured diameter, for sets
     #: that mix magnifications; evaluation then uses each image's known size, and prediction needs
     #: ``--diameter`` per batch of images of one magnification).
     rescale: Literal["group", "image"] = "group"
-    #: Only images of these groups are used (empty = all).
+    #: Only images of these groups (as the importer assigned them) are trained on and evaluated (empty = all).
     groups: tuple[str, ...] = ()
+    #: Worker processes (per training process) that read and augment crops; 0 makes them in the training
+    #: process itself (simplest to debug). May change on ``--resume``.
     num_workers: int = 2
+    #: Settings of a generated demo store; null uses the existing store at ``data.store``.
     synthetic: SyntheticData | None = None
 
 
 @attrs.frozen(kw_only=True)
 class ModelConfig:
-    """The principal model: a backbone and a principal head (``head:`` has no default)."""
+    """The principal model: a backbone and a principal head (``head:`` has no default).
 
+    Strategies that train a principal (cks, supervised, mixed) need it; the others (nishimura,
+    seeded-watershed) run without it.
+    """
+
+    #: The feature extractor (e.g. ``convnext_small``; ``convnext_atto`` is small enough for CPU runs).
     backbone: BackboneSpec = attrs.field(factory=lambda: BackboneSpec.of("convnext_small"))
     #: Required: principal heads come from plugins (``weakseg plugins`` lists them), e.g. ``{type: lacss}``.
     head: HeadSpec
@@ -84,16 +130,22 @@ class ModelConfig:
 
 @attrs.frozen(kw_only=True)
 class OptimizerConfig:
-    """AdamW/Adam with a constant rate, optionally dropping to ``finetune_lr`` for the last part."""
+    """The optimiser and its learning-rate schedule (the paper: AdamW at 1e-3, then 2e-4 for the last part)."""
 
+    #: ``adamw`` (decoupled weight decay), ``adam`` (weight decay as an L2 term) or ``sgd`` (momentum 0.9).
     type: Literal["adamw", "adam", "sgd"] = "adamw"
+    #: Base learning rate; the schedule and the warm-up scale it.
     lr: float = attrs.field(default=1e-3, validator=attrs.validators.gt(0))
+    #: Weight decay strength (biases and normalisation weights excluded); 0 turns it off.
     weight_decay: float = attrs.field(default=1e-4, validator=attrs.validators.ge(0))
+    #: ``constant`` (``lr`` throughout), ``cosine`` (from ``lr`` down to 0 at the last step) or ``finetune``
+    #: (``lr``, then ``finetune_lr`` from ``finetune_start``).
     schedule: Literal["constant", "cosine", "finetune"] = "finetune"
     #: Learning rate of the final fine-tuning stretch (the paper: 2e-4) when schedule is "finetune".
     finetune_lr: float = 2e-4
-    #: Fraction of the steps after which the fine-tuning rate applies.
+    #: Fraction of ``train.steps`` after which the fine-tuning rate applies (0.8: the last 20 % of the steps).
     finetune_start: float = attrs.field(default=0.8, validator=[attrs.validators.ge(0), attrs.validators.le(1)])
+    #: Steps of linear warm-up from near 0 to the scheduled rate at the start of training; 0 turns it off.
     warmup_steps: int = 0
 
 
@@ -101,17 +153,38 @@ class OptimizerConfig:
 class TrainConfig:
     """The step-based training schedule and the engine's settings."""
 
+    #: Optimiser steps to train for, one batch each; schedule fractions (``finetune_start``, cosine, a
+    #: strategy's warm-up fraction) are of this number. 0 trains nothing (training-free strategies). May be
+    #: raised on ``--resume`` to extend a run.
     steps: int = attrs.field(default=90_000, validator=attrs.validators.ge(0))
+    #: Crops per step in each process; under torchrun the effective batch is batch_size times the number of
+    #: processes.
     batch_size: int = attrs.field(default=1, validator=attrs.validators.ge(1))
+    #: The optimiser and its learning-rate schedule.
     optimizer: OptimizerConfig = attrs.field(factory=OptimizerConfig)
+    #: ``bf16`` runs the forward pass in bfloat16 autocast, ``fp32`` in float32; ``auto`` is bf16 on CUDA and
+    #: fp32 on the CPU. Try fp32 when a loss turns NaN.
     precision: Precision = "auto"
+    #: Largest global norm of the gradients (larger ones are scaled down to it); null or 0 turns clipping
+    #: off. The norm is logged as ``train/grad_norm``; lower it when the loss spikes.
     grad_clip: float | None = 10.0
+    #: Steps between logs of the training metrics to MLflow (losses averaged over the interval, learning
+    #: rate, throughput); the last step is always logged.
     log_every: int = 10
+    #: Steps between evaluations of ``eval.split`` during training; 0 turns them off. The final evaluation
+    #: after the last step always runs.
     eval_every: int = 4500
+    #: Steps between checkpoints (``last.ckpt`` plus the 3 newest step snapshots); 0 writes one only at the
+    #: end or on interruption. Outside a terminal, the progress line is printed at the same interval.
     checkpoint_every: int = 1000
+    #: Seed of the initial weights, the order and augmentation of the training crops and seeded label
+    #: sources; a run is reproducible from it, and resumes with the same batches.
     seed: int = 0
+    #: ``auto`` (the process's CUDA device when there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``;
+    #: under torchrun ``cuda`` is each process's local GPU. May change on ``--resume``.
     device: str = "auto"
-    #: DDP: let unused parameters pass (needed when a phase skips a sub-model).
+    #: DDP: let unused parameters pass (needed when a phase skips a sub-model). Only matters with several
+    #: processes; false is faster when every parameter gets a gradient at every step.
     find_unused_parameters: bool = True
 
 
@@ -119,8 +192,14 @@ class TrainConfig:
 class EvalConfig:
     """Periodic and final evaluation."""
 
+    #: Store split scored during and after training; metrics are logged as ``<split>/AP50`` and so on. It
+    #: needs instance masks, else the run trains without evaluation. ``weakseg evaluate`` takes ``--split``.
     split: str = "val"
+    #: Only the first N images of the split (store order) are scored; null scores them all. Lower it to keep
+    #: periodic evaluation of a large split short.
     max_images: int | None = None
+    #: Detection score from which predictions count for Dice, F1 and accuracy and are drawn in the panel (AP
+    #: ranks every detection); also the default of ``weakseg evaluate --score-threshold``.
     score_threshold: float = 0.5
     #: Probability at which instance masks are binarised, in evaluation and (as the trained model's
     #: default) in ``weakseg predict`` / ``weakseg.load``; like Cellpose's ``cellprob_threshold``.
@@ -128,6 +207,8 @@ class EvalConfig:
     mask_threshold: float = attrs.field(
         default=0.5, validator=[attrs.validators.gt(0.0), attrs.validators.lt(1.0)]
     )
+    #: At each evaluation, draw a PNG of the first image (image, ground truth, predictions and any
+    #: collaborator maps) into ``<run>/eval`` and MLflow; false skips it.
     panel: bool = True
 
 
@@ -135,10 +216,12 @@ class EvalConfig:
 class OutputConfig:
     """Where runs are written and tracked."""
 
+    #: Output folder: the run goes to ``<dir>/<name>`` and the default MLflow store to ``<dir>/mlflow.db``.
+    #: ``weakseg run --output DIR`` overrides it; under torchrun it must be writable from the rank-0 node.
     dir: str = "runs"
-    #: Default: sqlite:///<dir>/mlflow.db (MLFLOW_TRACKING_URI overrides, this key overrides both).
+    #: MLflow tracking URI; null uses ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<dir>/mlflow.db``.
     tracking_uri: str | None = None
-    #: Default: the recipe name.
+    #: MLflow experiment of the run; null uses the recipe name.
     experiment: str | None = None
 
 
@@ -146,20 +229,33 @@ class OutputConfig:
 class Recipe:
     """A complete, validated description of one training run."""
 
+    #: Name of the run: its folder (``<output.dir>/<name>``), its MLflow run and, by default, its experiment.
     name: str
+    #: Free text, stored as the MLflow run's note.
     description: str = ""
+    #: The training data.
     data: DataConfig
+    #: The principal model; null for strategies that do not use one (nishimura, seeded-watershed).
     model: ModelConfig | None = None
+    #: The collaborator model that strategies such as ``cks`` and ``mixed`` train alongside the principal;
+    #: null for the others.
     collaborator: CollaboratorSpec | None = None
+    #: How the principal is trained (``cks``, ``supervised``, ``mixed``, ``nishimura``, ``seeded-watershed``,
+    #: ...); its sibling keys are the strategy's settings.
     strategy: StrategySpec
+    #: The training schedule and engine settings.
     train: TrainConfig = attrs.field(factory=TrainConfig)
+    #: Evaluation during and after training.
     eval: EvalConfig = attrs.field(factory=EvalConfig)
+    #: Where the run is written and tracked.
     output: OutputConfig = attrs.field(factory=OutputConfig)
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain data (components as ``{type: name, **arguments}``) that validates back to this recipe."""
         return converter.unstructure(self)
 
     def to_yaml(self) -> str:
+        """The resolved recipe as YAML text, as written beside a run and into its checkpoints."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def flat_params(self) -> dict[str, Any]:
@@ -167,10 +263,12 @@ class Recipe:
         return flatten(self.to_dict())
 
     def evolve(self, **changes: Any) -> Recipe:
+        """A copy with top-level fields replaced (the recipe is frozen)."""
         return attrs.evolve(self, **changes)
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings to dotted keys (``{"a": {"b": 1}}`` -> ``{"a.b": 1}``); empty mappings stay leaves."""
     out: dict[str, Any] = {}
     for key, value in tree.items():
         path = f"{prefix}{key}"
