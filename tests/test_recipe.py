@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -299,3 +300,23 @@ def test_public_names_stay_importable_from_weakseg_recipe():
 
     for name in recipe_module.__all__:
         assert getattr(recipe_module, name) is not None, name
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.grad_clip=-1", "grad_clip must be >= 0"),
+        ("data.augment.gamma=[0, 2]", "gamma must be [low, high] with 0 < low <= high"),
+        ("data.augment.contrast=[1.5, 1.0]", "contrast must be [low, high]"),
+        ("data.group_scales={a: 0}", "group_scales values must be > 0"),
+        ("train.log_every=0", "log_every must be > 0"),
+        ("eval.score_threshold=2", "score_threshold must lie in [0, 1]"),
+        ("data.crop_size=0", "crop_size must be > 0"),
+    ],
+)
+def test_out_of_range_values_fail_when_the_recipe_is_read(tmp_path, override, message):
+    """Values that would crash or silently misbehave mid-training are refused up front, with the section."""
+    path = tmp_path / "r.yaml"
+    path.write_text("name: r\ndata: {store: s.zarr}\nstrategy: {type: seeded-watershed}\n")
+    with pytest.raises(RecipeError, match=re.escape(message)):
+        load_recipe(path, [override])

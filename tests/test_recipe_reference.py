@@ -90,3 +90,10 @@ def test_field_docs_prefer_metadata_then_comments_then_docstring():
     by_path = {k.path: k for k in section.keys}
     assert by_path["example.b"].type == 'one of "x", "y"' and by_path["example.d"].type == "list of string"
     assert by_path["example.c"].type == "float or null" and by_path["example.c"].default == "null"
+
+
+def test_every_recipe_key_is_documented():
+    """A new schema field without a ``#:`` comment (or metadata doc) would leave a blank in docs/recipes.md."""
+    from weakseg.recipe_reference import keys
+
+    assert not [path for path, key in keys().items() if not key.doc]

@@ -15,6 +15,7 @@ import yaml
 
 from weakseg.recipe.convert import converter
 from weakseg.recipe.specs import BackboneSpec, CollaboratorSpec, HeadSpec, LabelSourceSpec, StrategySpec
+from weakseg.validators import fraction, non_negative, positive, positive_range, positive_values
 
 Precision = Literal["fp32", "bf16", "auto"]
 
@@ -28,17 +29,17 @@ class SyntheticData:
     """
 
     #: Number of images generated.
-    n_images: int = 8
+    n_images: int = attrs.field(default=8, validator=positive)
     #: Side of each square image, in pixels.
-    size: int = 256
+    size: int = attrs.field(default=256, validator=positive)
     #: Look of the images: ``phase`` (phase-contrast-like), ``fluorescence`` (a cytoplasmic stain) or
     #: ``mixed`` (the two alternating).
     modality: Literal["phase", "fluorescence", "mixed"] = "mixed"
     #: Typical cell diameter in pixels; each image varies it by up to 15 % either way.
-    cell_diameter: float = 24.0
+    cell_diameter: float = attrs.field(default=24.0, validator=positive)
     #: Fraction of each group's images put in the ``val`` split (the rest are ``train``); with more than
     #: one image, a positive fraction always yields at least one validation image.
-    val_fraction: float = 0.25
+    val_fraction: float = attrs.field(default=0.25, validator=fraction)
     #: Seed of the images and of the split: the same settings always give the same store.
     seed: int = 0
 
@@ -56,18 +57,18 @@ class AugmentConfig:
     rot90: bool = True
     #: [low, high] of the random resize factor, drawn uniformly and applied on top of the cell-size
     #: rescaling (``data.target_cell_size``, ``data.group_scales``); ``[1.0, 1.0]`` turns the random resize off.
-    scale_range: tuple[float, float] = (0.85, 1.15)
+    scale_range: tuple[float, float] = attrs.field(default=(0.85, 1.15), validator=positive_range)
     #: Draw the resize factor separately for y and x (cells get stretched), instead of one for both axes.
     anisotropic: bool = True
     #: Largest random brightness shift, added to the standardised crop (in units of the image's standard
     #: deviation), drawn uniformly in [-brightness, brightness]; 0 turns it off.
-    brightness: float = 0.3
+    brightness: float = attrs.field(default=0.3, validator=non_negative)
     #: [low, high] of the random contrast factor that multiplies the standardised crop, drawn uniformly;
     #: ``[1.0, 1.0]`` turns it off.
-    contrast: tuple[float, float] = (0.6, 1.4)
+    contrast: tuple[float, float] = attrs.field(default=(0.6, 1.4), validator=positive_range)
     #: [low, high] of the random gamma (both above 0), drawn log-uniformly and applied to intensities mapped
     #: to [0, 1] by the image's 0.1-99.9 percentile range, before standardisation; ``[1.0, 1.0]`` turns it off.
-    gamma: tuple[float, float] = (0.5, 2.0)
+    gamma: tuple[float, float] = attrs.field(default=(0.5, 2.0), validator=positive_range)
 
 
 @attrs.frozen(kw_only=True)
@@ -86,16 +87,16 @@ class DataConfig:
     label_source: LabelSourceSpec = attrs.field(factory=lambda: LabelSourceSpec.of("centroids"))
     #: Side of the square training crops, in pixels after rescaling; smaller images are padded. Each image
     #: gives about (scaled area / crop area) crops per epoch; larger crops add context and memory.
-    crop_size: int = 544
+    crop_size: int = attrs.field(default=544, validator=positive)
     #: Random augmentation of the training crops.
     augment: AugmentConfig = attrs.field(factory=AugmentConfig)
     #: Typical cell diameter (pixels) that images are resized to, in training, evaluation and (recorded in
     #: the checkpoint) prediction; diameters come from importer metadata, masks or point spacing, measured on
     #: ``train_split`` where a group has images there. null keeps the original size.
-    target_cell_size: float | None = None
+    target_cell_size: float | None = attrs.field(default=None, validator=positive)
     #: Fixed resize factor per group (e.g. cell line), e.g. {A172: 1.0, BV2: 2.6}; a listed group uses it
     #: instead of target_cell_size, the others are measured (or kept at 1.0 without target_cell_size).
-    group_scales: dict[str, float] = attrs.field(factory=dict)
+    group_scales: dict[str, float] = attrs.field(factory=dict, validator=positive_values)
     #: How target_cell_size is applied: ``group`` (one factor per group from its median cell diameter,
     #: the paper's per-cell-line scaling) or ``image`` (each image by its own measured diameter, for sets
     #: that mix magnifications; evaluation then uses each image's known size, and prediction needs
@@ -105,7 +106,7 @@ class DataConfig:
     groups: tuple[str, ...] = ()
     #: Worker processes (per training process) that read and augment crops; 0 makes them in the training
     #: process itself (simplest to debug). May change on ``--resume``.
-    num_workers: int = 2
+    num_workers: int = attrs.field(default=2, validator=non_negative)
     #: Settings of a generated demo store; null uses the existing store at ``data.store``.
     synthetic: SyntheticData | None = None
 
@@ -142,11 +143,11 @@ class OptimizerConfig:
     #: (``lr``, then ``finetune_lr`` from ``finetune_start``).
     schedule: Literal["constant", "cosine", "finetune"] = "finetune"
     #: Learning rate of the final fine-tuning stretch (the paper: 2e-4) when schedule is "finetune".
-    finetune_lr: float = 2e-4
+    finetune_lr: float = attrs.field(default=2e-4, validator=positive)
     #: Fraction of ``train.steps`` after which the fine-tuning rate applies (0.8: the last 20 % of the steps).
     finetune_start: float = attrs.field(default=0.8, validator=[attrs.validators.ge(0), attrs.validators.le(1)])
     #: Steps of linear warm-up from near 0 to the scheduled rate at the start of training; 0 turns it off.
-    warmup_steps: int = 0
+    warmup_steps: int = attrs.field(default=0, validator=non_negative)
 
 
 @attrs.frozen(kw_only=True)
@@ -167,16 +168,16 @@ class TrainConfig:
     precision: Precision = "auto"
     #: Largest global norm of the gradients (larger ones are scaled down to it); null or 0 turns clipping
     #: off. The norm is logged as ``train/grad_norm``; lower it when the loss spikes.
-    grad_clip: float | None = 10.0
+    grad_clip: float | None = attrs.field(default=10.0, validator=non_negative)
     #: Steps between logs of the training metrics to MLflow (losses averaged over the interval, learning
     #: rate, throughput); the last step is always logged.
-    log_every: int = 10
+    log_every: int = attrs.field(default=10, validator=positive)
     #: Steps between evaluations of ``eval.split`` during training; 0 turns them off. The final evaluation
     #: after the last step always runs.
-    eval_every: int = 4500
+    eval_every: int = attrs.field(default=4500, validator=non_negative)
     #: Steps between checkpoints (``last.ckpt`` plus the 3 newest step snapshots); 0 writes one only at the
     #: end or on interruption. Outside a terminal, the progress line is printed at the same interval.
-    checkpoint_every: int = 1000
+    checkpoint_every: int = attrs.field(default=1000, validator=non_negative)
     #: Seed of the initial weights, the order and augmentation of the training crops and seeded label
     #: sources; a run is reproducible from it, and resumes with the same batches.
     seed: int = 0
@@ -197,10 +198,10 @@ class EvalConfig:
     split: str = "val"
     #: Only the first N images of the split (store order) are scored; null scores them all. Lower it to keep
     #: periodic evaluation of a large split short.
-    max_images: int | None = None
+    max_images: int | None = attrs.field(default=None, validator=positive)
     #: Detection score from which predictions count for Dice, F1 and accuracy and are drawn in the panel (AP
     #: ranks every detection); also the default of ``weakseg evaluate --score-threshold``.
-    score_threshold: float = 0.5
+    score_threshold: float = attrs.field(default=0.5, validator=fraction)
     #: Probability at which instance masks are binarised, in evaluation and (as the trained model's
     #: default) in ``weakseg predict`` / ``weakseg.load``; like Cellpose's ``cellprob_threshold``.
     #: ``weakseg evaluate --sweep-mask-threshold`` on a labelled validation split helps choose it.
