@@ -69,12 +69,14 @@ class StoreWriter:
         self.resumed: list[str] = []
         existing = _read_root_meta(self.path) if self.path.exists() else None
         resume = False
+        self._had_folder = self.path.exists()
         if self.path.exists():
             if existing is None:
                 if self.path.is_dir() and not any(self.path.iterdir()):
                     pass  # an empty folder is fine
                 elif overwrite and (self.path / "zarr.json").is_file():
                     shutil.rmtree(self.path)
+                    self._had_folder = False
                 else:
                     raise DataError(
                         f"{self.path}: exists and is not a weakseg store; choose another output path "
@@ -82,6 +84,7 @@ class StoreWriter:
                     )
             elif overwrite:
                 shutil.rmtree(self.path)
+                self._had_folder = False
             elif existing.get("complete"):
                 raise DataError(f"{self.path}: a complete store already exists; add --overwrite to replace it")
             elif fingerprint is not None and existing.get("fingerprint") == self.fingerprint:
@@ -126,6 +129,26 @@ class StoreWriter:
         self._entries[image_id] = info
         self.resumed.append(image_id)
         return info
+
+    @property
+    def n_written(self) -> int:
+        """Images written (or kept from an interrupted run) so far."""
+        return len(self._entries)
+
+    def remove_unfinished(self) -> None:
+        """Delete the unfinished store when no image could be written, so that nothing looking like a
+        store is left behind (a folder that existed before is emptied of what the writer put there)."""
+        if self._entries:
+            raise DataError(f"{self.path}: {len(self._entries)} image(s) are written; refusing to remove the store")
+        if not self._had_folder:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        for name in ("zarr.json", "images", REPORT_NAME):
+            target = self.path / name
+            if target.is_dir():
+                shutil.rmtree(target, ignore_errors=True)
+            elif target.exists():
+                target.unlink()
 
     def discard(self, image_id: str) -> None:
         """Remove whatever was written for ``image_id`` (a failed or skipped image)."""
@@ -295,6 +318,8 @@ class StoreWriter:
         """
         import dask
 
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+            raise DataError(f"workers must be a positive number of parallel image writers, got {workers!r}")
         records = list(records)
         seen: dict[str, str] = {}
         for r in records:
@@ -356,6 +381,7 @@ class StoreWriter:
         entries = [self._entries[i] for i in order if i in self._entries]
         entries += [e for i, e in self._entries.items() if i not in set(order)]
         if not entries:
+            self.remove_unfinished()
             raise DataError(f"{self.path}: no image could be imported; nothing was written")
         groups = sorted({e.group for e in entries})
         meta = dict(self.root.attrs["weakseg"])
