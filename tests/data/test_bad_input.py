@@ -124,3 +124,24 @@ def test_show_argument_errors(tmp_path):
     proc = cli("data", "show", store, "set1", "-o", tmp_path / "o.view")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "o.view").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_overwrite_keeps_the_old_store_until_a_new_one_is_complete(tmp_path):
+    from weakseg.data.store import open_store
+
+    usiigaci_like(tmp_path / "good", n_sets=2)
+    store = tmp_path / "s.zarr"
+    assert cli("data", "import", "folder", tmp_path / "good", "-o", store).returncode == 0
+    before = digest(store)
+    kromp_like(tmp_path / "bad", names=("a", "b"))
+    for name in ("a", "b"):
+        (tmp_path / "bad" / "images" / f"{name}.tif").write_bytes(b"not a tiff")
+    proc = cli("data", "import", "folder", tmp_path / "bad", "-o", store, "--overwrite", "--skip-bad")
+    assert_user_error(proc, str(tmp_path / "bad"), "could be imported")
+    assert digest(store) == before and len(open_store(store).images) == 2  # the old store is back, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "good", "s.zarr"]
+    # a successful replacement leaves nothing aside
+    kromp_like(tmp_path / "bad", names=("a", "b"))
+    assert cli("data", "import", "folder", tmp_path / "bad", "-o", store, "--overwrite").returncode == 0
+    assert [i.image_id for i in open_store(store).images] == ["a", "b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "good", "s.zarr"]

@@ -49,7 +49,9 @@ class StoreWriter:
 
     An unfinished store at ``path`` made from the same import (same ``fingerprint``) is resumed: images
     whose groups are complete are kept (:meth:`done`), the rest are rewritten. Otherwise an existing
-    store is an error unless ``overwrite`` is set.
+    store is an error unless ``overwrite`` is set. The store that ``overwrite`` replaces is moved aside
+    (``.<name>.replaced`` beside it) and deleted only when the new one is complete; an import that
+    writes no image puts it back.
     """
 
     def __init__(
@@ -70,21 +72,20 @@ class StoreWriter:
         existing = _read_root_meta(self.path) if self.path.exists() else None
         resume = False
         self._had_folder = self.path.exists()
+        self._aside = self.path.with_name(f".{self.path.name}.replaced")
         if self.path.exists():
             if existing is None:
                 if self.path.is_dir() and not any(self.path.iterdir()):
                     pass  # an empty folder is fine
                 elif overwrite and (self.path / "zarr.json").is_file():
-                    shutil.rmtree(self.path)
-                    self._had_folder = False
+                    self._set_aside()
                 else:
                     raise DataError(
                         f"{self.path}: exists and is not a weakseg store; choose another output path "
                         "(weakseg never deletes folders it did not create)"
                     )
             elif overwrite:
-                shutil.rmtree(self.path)
-                self._had_folder = False
+                self._set_aside()
             elif existing.get("complete"):
                 raise DataError(f"{self.path}: a complete store already exists; add --overwrite to replace it")
             elif fingerprint is not None and existing.get("fingerprint") == self.fingerprint:
@@ -130,6 +131,18 @@ class StoreWriter:
         self.resumed.append(image_id)
         return info
 
+    def _set_aside(self) -> None:
+        """Move the store being replaced out of the way (kept until the new one is complete).
+
+        When an earlier replacement already keeps a store aside (its import did not finish), that one
+        is the original: the unfinished store at ``path`` is deleted instead.
+        """
+        if self._aside.exists():
+            shutil.rmtree(self.path)
+        else:
+            os.replace(self.path, self._aside)
+        self._had_folder = False
+
     @property
     def n_written(self) -> int:
         """Images written (or kept from an interrupted run) so far."""
@@ -140,6 +153,10 @@ class StoreWriter:
         store is left behind (a folder that existed before is emptied of what the writer put there)."""
         if self._entries:
             raise DataError(f"{self.path}: {len(self._entries)} image(s) are written; refusing to remove the store")
+        if self._aside.exists():  # the store --overwrite was to replace: nothing replaces it
+            shutil.rmtree(self.path, ignore_errors=True)
+            os.replace(self._aside, self.path)
+            return
         if not self._had_folder:
             shutil.rmtree(self.path, ignore_errors=True)
             return
@@ -402,6 +419,7 @@ class StoreWriter:
             )
         meta["complete"] = True
         self.root.attrs["weakseg"] = meta  # the last write: the store is complete
+        shutil.rmtree(self._aside, ignore_errors=True)  # the replaced store, if any
         return open_store(self.path)
 
     def __enter__(self) -> StoreWriter:
