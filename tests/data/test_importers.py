@@ -156,6 +156,27 @@ def test_a431_needs_a_stain(tmp_path):
         scan("a431", tmp_path)
 
 
+def test_a431_missing_stain_file_kept_channel_and_bad_channel(tmp_path):
+    labels = blob_labels((48, 56), n=3, seed=4)
+    img = image_for(labels, np.uint8)
+    write_tif(tmp_path / "sep" / "a.tif", img)
+    write_tif(tmp_path / "sep" / "nuclei" / "a.tif", img)
+    write_tif(tmp_path / "sep" / "b.tif", img)  # no stain file
+    result = run_import("a431", tmp_path / "sep", tmp_path / "s.zarr", skip_bad=True,
+                        options={"images": "*.tif", "nuclei": "nuclei/{stem}.tif"}, label_sources=[])
+    assert result.images == 1 and [s["image_id"] for s in result.skipped] == ["b"]
+    assert "no nuclear-stain image found" in result.skipped[0]["error"]
+
+    write_tif(tmp_path / "two" / "c.tif", np.stack([img, img // 2]), photometric="minisblack")
+    run_import("a431", tmp_path / "two", tmp_path / "k.zarr", label_sources=[],
+               options={"nuclear_channel": 1, "keep_nuclear_channel": True})
+    kept = open_store(tmp_path / "k.zarr")
+    assert kept.info("c").shape == (2, 48, 56)
+    np.testing.assert_array_equal(kept.nuclei("c")[...], img // 2)
+    with pytest.raises(DataError, match="nuclear_channel=5 but the image has 2 channel"):
+        run_import("a431", tmp_path / "two", tmp_path / "x.zarr", options={"nuclear_channel": 5}, label_sources=[])
+
+
 # ---- coco / livecell --------------------------------------------------------------------------
 
 

@@ -89,3 +89,74 @@ def test_a_per_image_model_asks_for_the_diameter(scaled_checkpoint):
     with pytest.warns(UserWarning, match="pass diameter=/--diameter"):
         assert weakseg.load(path).scale == pytest.approx(0.5)
     assert weakseg.load(path, diameter=17.3).scale == pytest.approx(2.0)
+
+
+def test_prediction_uses_the_checkpoint_factors_with_the_training_store_deleted(tmp_path, plugin_registration):
+    import shutil
+    import warnings
+
+    import numpy as np
+    from data.test_augment import disc_labels
+    from data.test_dataset import cell_image, write_store
+
+    from weakseg.data.scales import compute_input_scale
+    from weakseg.recipe import DataConfig
+
+    plugin_registration(blob_model)
+    labels = disc_labels((150, 170), 40, seed=1)
+    image = cell_image(labels)
+    store = write_store(tmp_path / "train.zarr", [{"id": "a", "image": image, "labels": labels}])
+    scale = compute_input_scale(DataConfig(store=str(store), target_cell_size=20.0))
+    factor = scale.group_scales["all"]
+    assert factor != pytest.approx(1.0)
+    path = blob_model.write_blob_checkpoint(
+        tmp_path / "new.ckpt",
+        recipe_extra={"data": {"store": str(store), "target_cell_size": 20.0}},
+        input_scale=scale.to_dict(),
+    )
+    shutil.rmtree(store)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "cannot be read" fallback: the store is never opened
+        model = weakseg.load(path)
+        assert model.scale == pytest.approx(factor)
+        assert weakseg.load(path, diameter=40.0).scale == pytest.approx(0.5)
+        labels_out = np.asarray(model.predict(image.astype(np.float32)))
+    assert labels_out.shape == labels.shape
+
+
+def test_a_run_records_its_input_scale_and_its_model_predicts_without_the_store(tmp_path, plugin_registration):
+    """run_recipe measures the factors once (with train.seed) and writes them into the checkpoint; the
+    model then predicts at those factors after the training store is gone."""
+    import shutil
+    import warnings
+
+    from data.test_augment import disc_labels
+    from data.test_dataset import cell_image, write_store
+
+    from weakseg.data.scales import InputScale, compute_input_scale
+    from weakseg.engine.checkpoint import load_checkpoint
+    from weakseg.engine.run import run_recipe
+    from weakseg.recipe import recipe_from_yaml_text
+
+    plugin_registration(blob_model)
+    small, large = disc_labels((150, 170), 40, seed=1), disc_labels((140, 140), 10, seed=2, r=(14, 16))
+    store = write_store(
+        tmp_path / "train.zarr",
+        [
+            {"id": "a", "image": cell_image(small), "labels": small, "group": "small"},
+            {"id": "b", "image": cell_image(large), "labels": large, "group": "large"},
+            {"id": "v", "image": cell_image(small), "labels": small, "group": "small", "split": "val"},
+        ],
+    )
+    recipe = recipe_from_yaml_text(
+        f"name: scaled\ndata: {{store: {store}, target_cell_size: 20.0}}\nstrategy: {{type: {blob_model.STRATEGY}}}\n"
+        f"train: {{device: cpu, seed: 3}}\neval: {{panel: false}}\noutput: {{dir: {tmp_path / 'runs'}}}\n"
+    )
+    result = run_recipe(recipe, progress=False)
+    recorded = InputScale.from_dict(load_checkpoint(result.checkpoint).input_scale)
+    assert recorded == compute_input_scale(recipe.data, seed=3)
+    assert recorded.group_scales["small"] != recorded.group_scales["large"]
+    shutil.rmtree(store)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert weakseg.load(result.checkpoint, group="large").scale == pytest.approx(recorded.group_scales["large"])

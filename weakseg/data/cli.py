@@ -32,6 +32,17 @@ importer options (--set): an unknown key lists the allowed ones; splits.NAME=REG
 id), val_fraction / test_fraction / split_seed, group, group_pattern=REGEX, pixel_size, id."""
 
 
+def _positive_int(text: str) -> int:
+    """argparse type of counts and sizes: a bad value is a usage error (exit 2) naming the flag."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("data", help="import data into a store, inspect it, draw overlays")
     sub = p.add_subparsers(dest="data_command", metavar="ACTION")
@@ -59,7 +70,9 @@ def register(subparsers: Any) -> None:
     pi.add_argument("--skip-bad", action="store_true", help="skip unreadable or inconsistent images and report them")
     pi.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="importer option (YAML value)")
     pi.add_argument("--overwrite", action="store_true", help="replace an existing store")
-    pi.add_argument("--workers", type=int, default=None, help="parallel image writers (default: CPU count)")
+    pi.add_argument(
+        "--workers", type=_positive_int, default=None, help="parallel image writers (default: CPU count)"
+    )
     pi.add_argument("--json", action="store_true", help="print the result as JSON")
     pi.set_defaults(func=_cmd_import)
 
@@ -77,7 +90,9 @@ def register(subparsers: Any) -> None:
     ps.add_argument("--label-source", default=None, metavar="SPEC", help="compute points with this label source")
     ps.add_argument("--no-labels", action="store_true", help="do not draw the masks")
     ps.add_argument("--region", default=None, metavar="Y0:Y1,X0:X1", help="draw only this region")
-    ps.add_argument("--max-size", type=int, default=2048, help="downsample larger views to this edge (pixels)")
+    ps.add_argument(
+        "--max-size", type=_positive_int, default=2048, help="downsample larger views to this edge (pixels)"
+    )
     ps.set_defaults(func=_cmd_show)
 
 
@@ -205,14 +220,18 @@ def _parse_region(text: str | None) -> tuple[int, int, int, int] | None:
         x0, x1 = (int(v) for v in xs.split(":"))
     except ValueError:
         raise WeaksegError(f"--region {text!r}: expected Y0:Y1,X0:X1, e.g. 0:512,0:512") from None
+    if min(y0, y1, x0, x1) < 0:
+        raise WeaksegError(f"--region {text!r}: pixel bounds start at 0; expected Y0:Y1,X0:X1, e.g. 0:512,0:512")
     return y0, y1, x0, x1
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
     from weakseg.data.ingest import parse_label_sources
-    from weakseg.data.overlay import save_png, store_overlay
+    from weakseg.data.overlay import check_png_target, save_png, store_overlay
     from weakseg.data.store import open_store
 
+    check_png_target(args.output)
+    region = _parse_region(args.region)
     store = open_store(args.store)
     label_source = None
     if args.label_source:
@@ -224,7 +243,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
         points_source=args.points,
         label_source=label_source,
         show_labels=not args.no_labels,
-        region=_parse_region(args.region),
+        region=region,
         max_size=args.max_size,
     )
     path = save_png(rgb, args.output)

@@ -83,6 +83,8 @@ def run_import(
     from weakseg.data.store import StoreWriter
 
     t0 = time.perf_counter()
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise DataError(f"--workers {workers!r}: the number of parallel image writers must be a positive integer")
     if isinstance(importer, str):
         spec, imp = build_importer(importer, options)
         importer_desc = {"type": spec.type, **_config_dict(spec.config)}
@@ -105,9 +107,17 @@ def run_import(
         "images": len(records),
     }
     writer = StoreWriter(store, overwrite=overwrite, fingerprint=fingerprint)
-    skipped = writer.add_all(
-        records, label_sources=label_sources, skip_bad=skip_bad, workers=workers, progress=progress
-    )
+    try:
+        skipped = writer.add_all(
+            records, label_sources=label_sources, skip_bad=skip_bad, workers=workers, progress=progress
+        )
+    except Exception:
+        if writer.n_written == 0:  # nothing to resume: a fresh run does the same work
+            writer.remove_unfinished()
+        raise
+    if writer.n_written == 0:  # every image was skipped: leave no half-made store behind
+        writer.remove_unfinished()
+        raise DataError(_nothing_imported_message(source, Path(store), skipped))
     result_store = writer.close(
         extra={"importer": importer_desc, "source": str(source.resolve()), "label_sources": label_desc},
         skipped=skipped,
@@ -119,6 +129,15 @@ def run_import(
         skipped=skipped,
         seconds=time.perf_counter() - t0,
         summary=result_store.summary(),
+    )
+
+
+def _nothing_imported_message(source: Path, store: Path, skipped: Sequence[Mapping[str, str]]) -> str:
+    shown = "\n".join(f"  {item['image_id']}: {item['error']}" for item in skipped[:5])
+    more = f"\n  ... and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+    return (
+        f"{source}: none of its {len(skipped)} image(s) could be imported, so no store was written at {store}; "
+        f"fix the files (or the importer options) and run the import again:\n{shown}{more}"
     )
 
 

@@ -90,12 +90,29 @@ def render_overlay(
     return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
-def save_png(rgb: np.ndarray, path: str | Path) -> Path:
-    from PIL import Image
+def check_png_target(path: str | Path) -> Path:
+    """``path`` as a PNG file to write; a folder there is a DataError (checked before any drawing)."""
+    from weakseg.errors import DataError
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rgb).save(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder; give the PNG file to write, e.g. -o {path / 'overlay.png'}")
+    return path
+
+
+def save_png(rgb: np.ndarray, path: str | Path) -> Path:
+    """Write an RGB overlay as PNG (whatever the file name's extension); a path that cannot be written
+    is a DataError naming it."""
+    from PIL import Image
+
+    from weakseg.errors import DataError
+
+    path = check_png_target(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rgb).save(path, format="PNG")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot write the PNG ({exc.strerror or exc})") from None
     return path
 
 

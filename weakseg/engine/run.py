@@ -103,7 +103,7 @@ def check_resumable(recipe: Any, stored_yaml: str, where: Path) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def make_evaluator(recipe: Any, run_dir: Path, tracker: Any, device: Any) -> Any:
+def make_evaluator(recipe: Any, run_dir: Path, tracker: Any, device: Any, input_scale: Any = None) -> Any:
     """``evaluate(strategy, step) -> {"val/AP50": ..., "val/<group>/AP50": ...}`` or ``None``.
 
     Returns ``None`` (no evaluation) when ``weakseg.eval.evaluate`` is not installed. Each
@@ -130,6 +130,7 @@ def make_evaluator(recipe: Any, run_dir: Path, tracker: Any, device: Any) -> Any
             recipe.eval.score_threshold,
             device,
             mask_threshold=recipe.eval.mask_threshold,
+            input_scale=input_scale,
         )
         eval_dir = run_dir / "eval"
         eval_dir.mkdir(parents=True, exist_ok=True)
@@ -207,7 +208,7 @@ def run_recipe(
     and :class:`~weakseg.engine.trainer.NonFiniteLossError` on a NaN/inf loss.
     """
     from weakseg.build import build_strategy
-    from weakseg.data.dataset import data_summary, input_scale_info, make_train_loader
+    from weakseg.data.dataset import compute_input_scale, data_summary, make_train_loader
     from weakseg.data.prepare import ensure_store
     from weakseg.engine import checkpoint as ckpt_io
     from weakseg.engine import distributed
@@ -244,7 +245,8 @@ def run_recipe(
                 f"({checkpoint.data_summary} -> {summary}); resume on the same store {recipe.data.store!r}"
             )
 
-        input_scale = input_scale_info(recipe.data)  # recorded so that prediction resizes alike
+        # measured once: training, evaluation and the checkpoints (hence prediction) use the same factors
+        input_scale = compute_input_scale(recipe.data, seed=recipe.train.seed)
         ckpt_io.seed_everything(recipe.train.seed)  # the same initial weights on every rank
         strategy = build_strategy(recipe, summary)
         init_from = recipe.model.init_from if recipe.model is not None else None
@@ -261,7 +263,7 @@ def run_recipe(
             )
             _write_text_atomic(run_dir / "recipe.yaml", recipe.to_yaml())
             tracker.log_artifact(run_dir / "recipe.yaml")
-        evaluate = make_evaluator(recipe, run_dir, tracker, ctx.device) if ctx.is_main else None
+        evaluate = make_evaluator(recipe, run_dir, tracker, ctx.device, input_scale) if ctx.is_main else None
 
         if strategy.trainable:
             trainer = Trainer(
@@ -275,6 +277,7 @@ def run_recipe(
                     rank=ctx.rank,
                     world_size=ctx.world_size,
                     start_step=start,
+                    scale=input_scale,
                 ),
                 ctx=ctx,
                 checkpoints=ckdir,
@@ -282,7 +285,7 @@ def run_recipe(
                 evaluate=evaluate,
                 callbacks=callbacks,
                 progress=progress,
-                input_scale=input_scale,
+                input_scale=input_scale.to_dict(),
             )
             if checkpoint is not None:
                 trainer.restore(checkpoint)
@@ -299,7 +302,7 @@ def run_recipe(
                     step=0,
                     phase=strategy.phase_at(0),
                     tracking=tracker.info(),
-                    input_scale=input_scale,
+                    input_scale=input_scale.to_dict(),
                 )
                 ckdir.save(payload, 0)
             ctx.barrier()

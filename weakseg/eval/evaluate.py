@@ -228,6 +228,7 @@ def evaluate_strategy(
     distributed: bool = False,
     keep_sample: bool = True,
     progress: Callable[[int, str], None] | None = None,
+    input_scale: Any = None,
 ) -> EvalResult:
     """Score ``strategy.principal()`` on ``split`` of the store of ``data_cfg`` (a DataConfig).
 
@@ -248,6 +249,7 @@ def evaluate_strategy(
             alone, which is the default ``False``).
         keep_sample: keep the first image and its prediction in ``result.sample`` (for the panel).
         progress: called as ``progress(n_done, image_id)`` after each image.
+        input_scale: the run's :class:`~weakseg.data.scales.InputScale` (measured on the store when None).
     """
     import torch
 
@@ -331,7 +333,7 @@ def evaluate_strategy(
 
     try:
         with torch.no_grad():
-            for i, ev in enumerate(iter_eval_images(data_cfg, split, max_images)):
+            for i, ev in enumerate(iter_eval_images(data_cfg, split, max_images, scale=input_scale)):
                 if i % world != rank:
                     continue
                 if ev.labels is None:

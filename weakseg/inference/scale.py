@@ -4,7 +4,9 @@ A model only segments cells of about the size it was trained on. Training may re
 (``data.target_cell_size`` normalises the typical cell diameter per group, ``data.group_scales``
 fixes a factor per group, CKS paper section 4.1 / LIVECell per-cell-line scaling); the checkpoint
 records those factors, the normalised diameter and the training pixel size
-(:func:`weakseg.data.dataset.input_scale_info`). For a new image the factor is, in order:
+(:class:`weakseg.data.scales.InputScale`, measured once per run), and prediction reads them from the
+checkpoint alone: the training store need not exist where the model is applied. For a new image the
+factor is, in order:
 
 1. ``scale`` given explicitly;
 2. ``diameter`` (typical cell diameter of the new images in pixels, as Cellpose's ``diameter``):
@@ -26,23 +28,24 @@ import statistics
 import warnings
 from typing import Any
 
+from weakseg.data.scales import InputScale
 from weakseg.errors import WeaksegError
 
 
-def checkpoint_input_scale(ckpt: Any) -> dict[str, Any] | None:
+def checkpoint_input_scale(ckpt: Any) -> InputScale | None:
     """The checkpoint's recorded resizing, or one recomputed from its recipe's store (older files)."""
     info = getattr(ckpt, "input_scale", None)
     if info:
-        return info
+        return InputScale.from_dict(info)
     data = getattr(getattr(ckpt, "recipe", None), "data", None)
     if data is None:
         return None
     if data.target_cell_size is None and not data.group_scales:
-        return {"group_scales": {}, "cell_diameter": None, "pixel_size": None}
+        return InputScale()
     try:
-        from weakseg.data.dataset import input_scale_info
+        from weakseg.data.scales import compute_input_scale
 
-        return input_scale_info(data)
+        return compute_input_scale(data)
     except Exception as exc:  # the training store may be elsewhere on this machine
         warnings.warn(
             f"{ckpt.path}: the model was trained on resized images (data.target_cell_size / "
@@ -72,9 +75,9 @@ def resolve_scale(
     if scale is not None:
         return float(scale)
     path = getattr(ckpt, "path", "the checkpoint")
-    info = checkpoint_input_scale(ckpt) or {}
+    info = checkpoint_input_scale(ckpt) or InputScale()
     if diameter is not None:
-        trained = info.get("cell_diameter")
+        trained = info.cell_diameter
         if not trained:
             raise WeaksegError(
                 f"{path}: the model was trained without data.target_cell_size, so its cell diameter is not "
@@ -82,7 +85,7 @@ def resolve_scale(
             )
         return float(trained) / float(diameter)
     base = _group_scale(info, group, path)
-    if pixel_size is None and info.get("rescale") == "image":
+    if pixel_size is None and info.rescale == "image":
         warnings.warn(
             f"{path}: the model was trained with every image resized by its own cell size "
             f"(data.rescale: image); predicting at its group factor {base:.3g} (median cell size): pass "
@@ -90,7 +93,7 @@ def resolve_scale(
             stacklevel=3,
         )
     if pixel_size is not None:
-        trained_px = info.get("pixel_size")
+        trained_px = info.pixel_size
         if not trained_px:
             raise WeaksegError(
                 f"{path}: records no training pixel size (the training images had none, or several); pass "
@@ -100,8 +103,9 @@ def resolve_scale(
     return base
 
 
-def _group_scale(info: dict[str, Any], group: str | None, path: Any) -> float:
-    scales: dict[str, float] = dict(info.get("group_scales") or {})
+def _group_scale(info: InputScale, group: str | None, path: Any) -> float:
+    """The factor of ``group``; without one, the training groups' common factor or their median."""
+    scales = info.trained_group_scales
     if group is not None:
         if group not in scales:
             known = ", ".join(sorted(scales)) or "none recorded"

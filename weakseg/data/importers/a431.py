@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,12 +76,24 @@ class A431Importer(CommonOptions):
         return self
 
     def scan(self, source: Path) -> Iterator[ImageRecord]:
-        from weakseg.data.importers.folder import label_loader
-        from weakseg.data.readers import read_image, read_plane
-
         root = Path(source)
         if not root.is_dir():
             raise DataError(f"{root}: not a folder")
+        self._check_stain_options()
+        locations = {}
+        if self.locations is not None:
+            loc_path = Path(self.locations) if Path(self.locations).is_absolute() else root / self.locations
+            locations = _read_locations(loc_path, self.offset)
+        found = self._find(root, locations)
+        ids = make_ids([f[1] for f in found], self.id)
+        records = [
+            self._record(img, rel, nuc, lab, image_id, locations.get(img.name), bool(locations))
+            for (img, rel, nuc, lab), image_id in zip(found, ids, strict=True)
+        ]
+        return iter(assign_splits(records, self, dict(zip(ids, [f[1] for f in found], strict=True))))
+
+    def _check_stain_options(self) -> None:
+        """The stain comes from a file template or a channel (exactly one), unless points are given."""
         if self.nuclei is None and self.nuclear_channel is None and self.locations is None:
             raise DataError(
                 "the a431 importer needs the nuclear stain: --set nuclei='TEMPLATE' (a separate image per image, "
@@ -90,10 +102,10 @@ class A431Importer(CommonOptions):
             )
         if self.nuclei is not None and self.nuclear_channel is not None:
             raise DataError("the a431 importer takes nuclei=TEMPLATE or nuclear_channel=N, not both")
-        locations = {}
-        if self.locations is not None:
-            loc_path = Path(self.locations) if Path(self.locations).is_absolute() else root / self.locations
-            locations = _read_locations(loc_path, self.offset)
+
+    def _find(self, root: Path, locations: dict[str, np.ndarray]) -> list[tuple[Path, str, Path | None, Path | None]]:
+        """(image, relative path, nuclear-stain file, mask file) of every image; stain and mask files
+        are not images themselves; with given locations only, images without any are left out."""
         found = []
         used: set[Path] = set()
         for img in find_files(root, self.images):
@@ -107,63 +119,79 @@ class A431Importer(CommonOptions):
             found = [f for f in found if f[0].name in locations or self.nuclei or self.nuclear_channel is not None]
         if not found:
             raise DataError(f"{root}: no image files match {self.images!r}")
-        ids = make_ids([f[1] for f in found], self.id)
+        return found
+
+    def _record(
+        self,
+        img: Path,
+        rel: str,
+        nuc: Path | None,
+        lab: Path | None,
+        image_id: str,
+        pts: np.ndarray | None,
+        has_locations: bool,
+    ) -> ImageRecord:
+        """The record of one image: its loaders (image without the stain channel, stain, masks, points)."""
+        from weakseg.data.importers.folder import label_loader
+
+        files = {"image": str(img)}
+        if nuc is not None:
+            files["nuclei"] = str(nuc)
+        if lab is not None:
+            files["labels"] = str(lab)
+        if has_locations:
+            files["points"] = str(self.locations)
+        whole = functools.lru_cache(maxsize=1)(functools.partial(_read_whole, img))
+        return ImageRecord(
+            image_id=image_id,
+            source=str(img),
+            load_image=functools.partial(self._load_image, whole, img),
+            load_nuclei=self._nuclei_loader(whole, img, nuc),
+            load_labels=label_loader(lab, img, self.labels) if lab is not None else None,
+            load_points=(lambda p=pts: p) if pts is not None else None,
+            group=group_for(rel, self),
+            split="train",
+            pixel_size=self.pixel_size,
+            metadata={"files": files, "relative_path": rel},
+        )
+
+    def _load_image(self, whole: Callable[[], Any], img: Path) -> Any:
+        """The image, without its nuclear channel unless ``keep_nuclear_channel``."""
+        arr = whole()
         channel = self.nuclear_channel
-        records = []
-        for (img, rel, nuc, lab), image_id in zip(found, ids, strict=True):
-            files = {"image": str(img)}
-            if nuc is not None:
-                files["nuclei"] = str(nuc)
-            if lab is not None:
-                files["labels"] = str(lab)
-            if locations:
-                files["points"] = str(self.locations)
+        if channel is None or self.keep_nuclear_channel:
+            return arr
+        if channel >= arr.shape[0]:
+            raise DataError(f"{img}: nuclear_channel={channel} but the image has {arr.shape[0]} channel(s)")
+        if arr.shape[0] == 1:
+            raise DataError(f"{img}: the image has one channel; it cannot also hold the nuclear stain")
+        keep = [c for c in range(arr.shape[0]) if c != channel]
+        return np.asarray(arr)[keep]
 
-            @functools.lru_cache(maxsize=1)
-            def whole(p: Path = img) -> Any:
-                return read_image(p)
+    def _nuclei_loader(self, whole: Callable[[], Any], img: Path, nuc: Path | None) -> Callable[[], Any] | None:
+        """The loader of the nuclear stain (a file or a channel); None without a stain."""
+        from weakseg.data.readers import read_plane
 
-            def load_image(whole: Any = whole, img: Path = img) -> Any:
-                arr = whole()
-                if channel is None or self.keep_nuclear_channel:
-                    return arr
-                if channel >= arr.shape[0]:
-                    raise DataError(f"{img}: nuclear_channel={channel} but the image has {arr.shape[0]} channel(s)")
-                if arr.shape[0] == 1:
-                    raise DataError(f"{img}: the image has one channel; it cannot also hold the nuclear stain")
-                keep = [c for c in range(arr.shape[0]) if c != channel]
-                return np.asarray(arr)[keep]
+        channel = self.nuclear_channel
 
-            def load_nuclei(whole: Any = whole, img: Path = img, nuc: Path | None = nuc) -> Any:
-                if nuc is not None:
-                    return read_plane(nuc, what="nuclear image")
-                arr = whole()
-                if channel is None or channel >= arr.shape[0]:
-                    raise DataError(f"{img}: nuclear_channel={channel} but the image has {arr.shape[0]} channel(s)")
-                return np.asarray(arr[channel])
+        def from_file() -> Any:
+            return read_plane(nuc, what="nuclear image")
 
-            def missing_nuclei(img: Path = img) -> Any:
-                raise DataError(f"{img}: no nuclear-stain image found for template {self.nuclei!r}")
+        def from_channel() -> Any:
+            arr = whole()
+            if channel is None or channel >= arr.shape[0]:
+                raise DataError(f"{img}: nuclear_channel={channel} but the image has {arr.shape[0]} channel(s)")
+            return np.asarray(arr[channel])
 
-            if self.nuclei is not None:
-                nuclei_loader = load_nuclei if nuc is not None else missing_nuclei
-            elif channel is not None:
-                nuclei_loader = load_nuclei
-            else:
-                nuclei_loader = None
-            pts = locations.get(img.name)
-            records.append(
-                ImageRecord(
-                    image_id=image_id,
-                    source=str(img),
-                    load_image=load_image,
-                    load_nuclei=nuclei_loader,
-                    load_labels=label_loader(lab, img, self.labels) if lab is not None else None,
-                    load_points=(lambda p=pts: p) if pts is not None else None,
-                    group=group_for(rel, self),
-                    split="train",
-                    pixel_size=self.pixel_size,
-                    metadata={"files": files, "relative_path": rel},
-                )
-            )
-        return iter(assign_splits(records, self, dict(zip(ids, [f[1] for f in found], strict=True))))
+        def missing() -> Any:
+            raise DataError(f"{img}: no nuclear-stain image found for template {self.nuclei!r}")
+
+        if self.nuclei is not None:
+            return from_file if nuc is not None else missing
+        return from_channel if channel is not None else None
+
+
+def _read_whole(path: Path) -> Any:
+    from weakseg.data.readers import read_image
+
+    return read_image(path)

@@ -55,7 +55,9 @@ class CommonOptions:
     test_fraction: float = attrs.field(default=0.0, validator=[attrs.validators.ge(0), attrs.validators.le(1)])
     split_seed: int = 0
     #: Physical pixel size in micrometres (metadata only).
-    pixel_size: float | None = None
+    pixel_size: float | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.gt(0))
+    )
     #: How image ids are made: auto (file stem, else parent folder, else relative path), stem, parent, path.
     id: Literal["auto", "stem", "parent", "path"] = "auto"
 
@@ -114,8 +116,17 @@ def find_files(root: Path, pattern: str, *, suffixes: Sequence[str] | None = Non
     from weakseg.data.readers import IMAGE_SUFFIXES
 
     suffixes = IMAGE_SUFFIXES if suffixes is None else suffixes
+    if not pattern or Path(pattern).is_absolute():
+        raise DataError(
+            f"{root}: file pattern {pattern!r} must be a non-empty glob relative to the import source "
+            "(e.g. --set images='images/*.tif')"
+        )
+    try:
+        matches = sorted(root.glob(pattern))
+    except (ValueError, NotImplementedError) as exc:
+        raise DataError(f"{root}: invalid file pattern {pattern!r} ({exc}); e.g. --set images='images/*.tif'") from None
     out = []
-    for p in sorted(root.glob(pattern)):
+    for p in matches:
         if not p.is_file() or any(part.startswith(".") for part in p.relative_to(root).parts):
             continue
         if suffixes and p.suffix.lower() not in suffixes:

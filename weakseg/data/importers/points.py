@@ -13,9 +13,11 @@ Recognised CSV columns (header names, case-insensitive):
 from __future__ import annotations
 
 import csv
+import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import attrs
 import numpy as np
@@ -40,6 +42,19 @@ def _numeric(value: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _pair(row: list[str] | dict[str, str], yi: Any, xi: Any, where: str) -> tuple[float, float]:
+    """The (y, x) of one CSV row; empty, text, NaN or infinite coordinates are DataErrors naming ``where``."""
+    try:
+        y, x = float(row[yi]), float(row[xi])
+    except (ValueError, IndexError, KeyError, TypeError):
+        raise DataError(f"{where}: not a number pair in row {row}") from None
+    if not (math.isfinite(y) and math.isfinite(x)):
+        raise DataError(
+            f"{where}: non-finite coordinate (NaN or infinite) in row {row}; fill in or remove the row"
+        )
+    return y, x
 
 
 def _columns(header: list[str], path: Path, columns: tuple[str, str] | None) -> tuple[int, int, float]:
@@ -90,10 +105,7 @@ def read_points_csv(
         body, first_line = rows[1:], 2
     out = np.zeros((len(body), 2), np.float64)
     for k, row in enumerate(body):
-        try:
-            out[k] = float(row[yi]), float(row[xi])
-        except (ValueError, IndexError):
-            raise DataError(f"{path}:{first_line + k}: not a number pair in row {row}") from None
+        out[k] = _pair(row, yi, xi, f"{path}:{first_line + k}")
     return (out + (default if offset is None else offset)).astype(np.float32)
 
 
@@ -112,10 +124,7 @@ def read_points_csv_table(path: Path) -> dict[str, np.ndarray]:
     yi, xi, default = _columns(header, path, None)
     table: dict[str, list[tuple[float, float]]] = {}
     for k, row in enumerate(rows):
-        try:
-            pt = float(row[header[yi]]), float(row[header[xi]])
-        except (ValueError, KeyError):
-            raise DataError(f"{path}:{k + 2}: not a number pair") from None
+        pt = _pair(row, header[yi], header[xi], f"{path}:{k + 2}")
         table.setdefault(Path(row[key]).stem if "." in row[key] else row[key], []).append(pt)
     return {k: np.asarray(v, np.float64) + default for k, v in table.items()}
 

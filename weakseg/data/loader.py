@@ -1,0 +1,194 @@
+"""The training stream: :func:`make_train_loader` turns a store into an endless iterator of :class:`Batch`.
+
+:func:`build_train_dataset` indexes the training split (points from the label source, the run's
+resize factors from :class:`~weakseg.data.scales.InputScale`, crops per image) into a
+:class:`~weakseg.data.crops.CropDataset`. The order of samples and their augmentation come from
+:mod:`weakseg.data.sampling`, so the batch of step k does not depend on resuming, workers or timing;
+workers use zarr directly (no dask) and never import torch (:mod:`weakseg.data.pool`), which keeps
+each of them near 100 MB.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from weakseg.components import Batch
+from weakseg.data.access import no_images_message, open_data_store, select_images, store_path
+from weakseg.data.crops import CropDataset, CropSample, ImageEntry, crops_per_image
+from weakseg.data.sampling import StreamSampler
+from weakseg.data.scales import InputScale, compute_input_scale
+from weakseg.errors import DataError
+from weakseg.recipe import DataConfig
+
+
+def collate_crops(samples: Sequence[CropSample]) -> Batch:
+    """Stack crops into a :class:`Batch` of torch tensors (masks int64)."""
+    images = np.stack([s.image for s in samples])
+    masks = [s.mask for s in samples]
+    meta = [(s.points, s.mask is not None, s.group, s.image_id) for s in samples]
+    return _to_batch(images, masks, meta)
+
+
+def _to_batch(
+    images: np.ndarray, masks: Any, meta: Sequence[tuple[np.ndarray, bool, int, str]], copy: bool = False
+) -> Batch:
+    """Wrap arrays into a :class:`Batch` (images copied when ``copy``; masks always become int64 copies).
+
+    Copies and conversions are done by numpy: torch would run them on its intra-op thread pool,
+    whose spinning threads cost the training process several ms of CPU per crop.
+    """
+    import torch
+
+    return Batch(
+        image=torch.from_numpy(images.copy() if copy else images),
+        points=[torch.from_numpy(np.asarray(pts, np.float32).reshape(-1, 2)) for pts, _, _, _ in meta],
+        masks=[
+            torch.from_numpy(np.asarray(masks[b]).astype(np.int64)) if has else None
+            for b, (_, has, _, _) in enumerate(meta)
+        ],
+        group=torch.tensor([g for _, _, g, _ in meta], dtype=torch.int64),
+        image_ids=[i for _, _, _, i in meta],
+    )
+
+
+def build_train_dataset(cfg: DataConfig, *, seed: int, scale: InputScale | None = None) -> CropDataset:
+    """Index the training split: points from ``cfg.label_source``, resize factors, crops per image.
+
+    ``scale``: the run's input scale (:func:`~weakseg.data.scales.compute_input_scale` with the same
+    ``seed`` when not given). Images without any point cannot supervise a point-trained model: they are
+    left out with a warning; if none is left, a DataError says so.
+    """
+    from weakseg.data.labels import points_for
+
+    path = store_path(cfg)
+    store = open_data_store(path)
+    infos = select_images(store, cfg.train_split, cfg.groups)
+    if not infos:
+        raise DataError(no_images_message(path, store, cfg.train_split, cfg.groups))
+    if scale is None:
+        scale = compute_input_scale(cfg, store, seed)
+    groups = list(store.groups)
+    entries, points, empty = [], [], []
+    for info in infos:
+        pts = points_for(store, info, cfg.label_source, seed)
+        pts = np.zeros((0, 2), np.float32) if pts is None else np.asarray(pts, np.float32).reshape(-1, 2)
+        if not len(pts):
+            empty.append(info.image_id)
+            continue
+        shape = tuple(int(v) for v in info.shape)
+        if len(shape) == 2:
+            shape = (1, *shape)
+        factor = scale.image_scale(info.image_id, info.group)
+        entries.append(
+            ImageEntry(
+                image_id=info.image_id,
+                shape=shape,  # type: ignore[arg-type]
+                group_index=groups.index(info.group) if info.group in groups else 0,
+                scale=factor,
+                has_labels=bool(info.has_labels),
+                n_crops=crops_per_image(shape, factor, cfg.crop_size),
+            )
+        )
+        points.append(pts)
+    source = cfg.label_source.type
+    if empty:
+        shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        warnings.warn(
+            f"{path}: {len(empty)} training image(s) have no points from label source {source!r} and are "
+            f"left out of point-supervised training: {shown}",
+            stacklevel=2,
+        )
+    if not entries:
+        raise DataError(
+            f"{path}: no training image has any point from label source {source!r}; check data.label_source "
+            "(and that the images have masks, points or a nuclear channel it can use)"
+        )
+    return CropDataset(path, entries, points, crop_size=cfg.crop_size, augment=cfg.augment, seed=seed)
+
+
+class TrainLoader:
+    """An endless iterator of :class:`Batch`; ``close()`` (or leaving a ``with`` block) stops its workers.
+
+    With ``num_workers == 0`` crops are made in the calling process; otherwise a
+    :class:`~weakseg.data.pool.WorkerPool` of spawned, torch-free processes renders them ahead.
+    Either way the batch of step k is the same.
+    """
+
+    def __init__(self, dataset: CropDataset, sampler: StreamSampler, num_workers: int) -> None:
+        self.dataset = dataset
+        self.sampler = sampler
+        self.num_workers = int(num_workers)
+        self.step = sampler.start_step
+        self.pool: Any = None
+
+    def __iter__(self) -> TrainLoader:
+        return self
+
+    def __next__(self) -> Batch:
+        if self.num_workers == 0:
+            batch = collate_crops([self.dataset[key] for key in self.sampler.batch_at(self.step)])
+        else:
+            if self.pool is None:
+                self.pool = self._start_pool()
+            batch = self.pool.next(functools.partial(_to_batch, copy=True))
+        self.step += 1
+        return batch
+
+    def _start_pool(self) -> Any:
+        from weakseg.data.pool import WorkerPool
+
+        return WorkerPool(
+            self.dataset,
+            self.sampler.batch_at,
+            num_workers=self.num_workers,
+            batch_size=self.sampler.batch_size,
+            channels=self.dataset.channels,
+            size=self.dataset.crop_size,
+            start_step=self.step,
+        )
+
+    def close(self) -> None:
+        """Stop the worker processes (a later ``next`` starts new ones at the current step)."""
+        pool, self.pool = self.pool, None
+        if pool is not None:
+            pool.close()
+
+    def __enter__(self) -> TrainLoader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+def make_train_loader(
+    cfg: DataConfig,
+    *,
+    batch_size: int,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    start_step: int = 0,
+    scale: InputScale | None = None,
+) -> TrainLoader:
+    """An endless, deterministic stream of augmented, standardised training crops as :class:`Batch`.
+
+    ``cfg.num_workers`` spawned worker processes read from the store (0: the calling process
+    does); the batch of step k is the same whether training started at 0 or resumed at
+    ``start_step``; ranks read disjoint shards. Call ``close()`` on the result (or use it in a
+    ``with`` block) to stop the workers. ``scale``: the run's input scale (measured when not given).
+    """
+    dataset = build_train_dataset(cfg, seed=seed, scale=scale)
+    sampler = StreamSampler(
+        len(dataset), batch_size=batch_size, seed=seed, rank=rank, world_size=world_size, start_step=start_step
+    )
+    return TrainLoader(dataset, sampler, cfg.num_workers)
