@@ -123,21 +123,9 @@ def run_recipe(
         else:
             step, steps_run, seconds = _evaluate_only(run, strategy)
         metrics = evaluate_on_main(ctx, strategy, evaluate, run.tracker, step)
-        final = run.checkpoints.last if run.checkpoints.last.exists() else None
-        if ctx.is_main and final is not None:
-            _log_final_checkpoint(run)
+        result = _finish(run, step, steps_run, seconds, metrics)
         status = "FINISHED"
-        return RunResult(
-            run_dir=run_dir,
-            checkpoint=final,
-            step=step,
-            steps_run=steps_run,
-            seconds=seconds,
-            metrics=metrics,
-            run_id=run.tracker.run_id,
-            tracking_uri=run.tracker.tracking_uri,
-            is_main=ctx.is_main,
-        )
+        return result
     except TrainingInterrupted:
         status = "KILLED"
         raise
@@ -255,12 +243,26 @@ def _evaluate_only(run: _Run, strategy: Any) -> tuple[int, int, float]:
     return 0, 0, 0.0
 
 
-def _log_final_checkpoint(run: _Run) -> None:
-    """Log the newest snapshot (the file ``last.ckpt`` points to) and its record as MLflow artifacts."""
+def _finish(run: _Run, step: int, steps_run: int, seconds: float, metrics: dict[str, float]) -> RunResult:
+    """Log the final snapshot (the file ``last.ckpt`` points to) and its record as MLflow artifacts
+    (rank 0), and report the run."""
     from weakseg.checkpoint.files import read_pointer, record_path
 
     last = run.checkpoints.last
-    target = read_pointer(last) or last
-    run.tracker.log_artifact(target, "checkpoints")
-    if record_path(target).is_file():
-        run.tracker.log_artifact(record_path(target), "checkpoints")
+    final = last if last.exists() else None
+    if run.ctx.is_main and final is not None:
+        target = read_pointer(last) or last
+        run.tracker.log_artifact(target, "checkpoints")
+        if record_path(target).is_file():
+            run.tracker.log_artifact(record_path(target), "checkpoints")
+    return RunResult(
+        run_dir=run.run_dir,
+        checkpoint=final,
+        step=step,
+        steps_run=steps_run,
+        seconds=seconds,
+        metrics=metrics,
+        run_id=run.tracker.run_id,
+        tracking_uri=run.tracker.tracking_uri,
+        is_main=run.ctx.is_main,
+    )
