@@ -218,6 +218,12 @@ def test_snapshots_written_before_records_still_load(make_recipe, tmp_path):
     (folder.path / "step-00000003.ckpt.sha256.json").unlink()
     assert ck.load_checkpoint(folder.last).step == 3
     assert folder.newest_good().checkpoint.step == 3
+    # without a record, the zip members' CRCs still catch a changed byte
+    data = bytearray(folder.step_path(3).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    folder.step_path(3).write_bytes(bytes(data))
+    with pytest.raises(ck.CheckpointError, match=r"step-00000003\.ckpt: damaged \(member .* fails its CRC check"):
+        ck.load_checkpoint(folder.last)
 
 
 def test_move_aside_keeps_every_file(make_recipe, tmp_path):

@@ -1,7 +1,7 @@
 """Checkpoint files on disk: atomic writes, a size + sha256 record beside each file, the ``last.ckpt`` pointer.
 
 Every checkpoint ``X.ckpt`` is written under a temporary name, flushed to disk, checked (its size is
-the number of bytes torch wrote, and its zip directory reads back) and moved into place with
+the number of bytes torch wrote, and every zip member passes its CRC check) and moved into place with
 :func:`os.replace`; then ``X.ckpt.sha256.json`` records its size and sha256 (also written
 atomically). A reader compares both before it trusts the file, so a truncated or overwritten
 snapshot is reported as damaged instead of failing deep inside torch.
@@ -105,6 +105,16 @@ def sha256_of(path: Path) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
+def zip_problem(path: Path) -> str | None:
+    """Why ``path`` is not an intact zip archive (torch's format), or ``None``: every member's CRC is checked."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        return f"not a complete zip archive: {exc}"
+    return f"member {bad} fails its CRC check" if bad is not None else None
+
+
 def record_path(path: Path) -> Path:
     """``X.ckpt`` -> ``X.ckpt.sha256.json``."""
     return path.with_name(path.name + RECORD_SUFFIX)
@@ -124,10 +134,9 @@ def save_checkpoint(payload: Mapping[str, Any], path: str | Path) -> Path:
             os.fsync(fh.fileno())
             written = fh.tell()
         size, digest = sha256_of(tmp)
-        if size != written or not zipfile.is_zipfile(tmp):
-            raise CheckpointError(
-                path, f"the written file does not read back ({size} of {written} bytes)", "check the disk"
-            )
+        problem = f"{size} of {written} bytes on disk" if size != written else zip_problem(tmp)
+        if problem:
+            raise CheckpointError(path, f"the written file does not read back ({problem})", "check the disk")
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):

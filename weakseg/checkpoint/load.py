@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 import torch
 
-from weakseg.checkpoint.files import LAST, CheckpointError, read_pointer, verify_file
+from weakseg.checkpoint.files import LAST, CheckpointError, read_pointer, verify_file, zip_problem
 from weakseg.checkpoint.payload import FORMAT, missing_entries, summary_from_dict
 from weakseg.components import DataSummary
 
@@ -27,13 +27,20 @@ _GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")
 _USE_A_RUN = "use a checkpoint written by `weakseg run` (<run>/checkpoints/ or the run folder)"
 
 
-def _torch_load(path: Path) -> Any:
-    """``torch.load(weights_only=True)`` with every failure turned into a :class:`CheckpointError`."""
+def _torch_load(path: Path, *, check_zip: bool) -> Any:
+    """``torch.load(weights_only=True)`` with every failure turned into a :class:`CheckpointError`.
+
+    ``check_zip`` first checks every zip member's CRC: for files without a size + sha256 record.
+    """
     with open(path, "rb") as fh:
         head = fh.read(4)
     if not head.startswith(_TORCH_MAGIC):
         what = "an empty file" if not head else f"not a file written by torch.save; it starts {head!r}"
         raise CheckpointError(path, f"not a weakseg checkpoint ({what})", _USE_A_RUN)
+    if check_zip and head.startswith(b"PK"):
+        problem = zip_problem(path)
+        if problem:
+            raise CheckpointError(path, f"damaged ({problem})", _USE_A_RUN)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -55,22 +62,23 @@ def _torch_load(path: Path) -> Any:
 def read_checkpoint_file(path: str | Path) -> tuple[Path, dict[str, Any]]:
     """(the file read, its checked dict) for a checkpoint file or a ``last.ckpt`` pointer.
 
-    Checks, in order: the file exists; its size and sha256 match its record; a pointer names an
-    existing snapshot (which is then checked the same way); torch can read it with
-    ``weights_only=True``; the format tag; the entries every reader needs.
+    Checks, in order: the file exists; its size and sha256 match its record (a file without one,
+    e.g. copied alone, passes the zip CRC check instead); a pointer names an existing snapshot
+    (which is then checked the same way); torch can read it with ``weights_only=True``; the format
+    tag; the entries every reader needs.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(path, "checkpoint not found", f"runs write <output.dir>/<recipe name>/checkpoints/{LAST}")
-    verify_file(path)
+    record = verify_file(path)
     target = read_pointer(path)
     if target is not None:
         if not target.is_file():
             raise CheckpointError(path, f"points to {target.name}, which is gone", "pass the run folder instead")
-        verify_file(target)
+        record = verify_file(target)
     else:
         target = path
-    raw = _torch_load(target)
+    raw = _torch_load(target, check_zip=record is None)
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
         raise CheckpointError(target, f"not a weakseg checkpoint (format {found!r}, expected {FORMAT!r})", _USE_A_RUN)
