@@ -124,8 +124,8 @@ def main() -> None:
 
     from weakseg import plugins
     from weakseg.build import build_strategy
+    from weakseg.checkpoint import seed_everything
     from weakseg.components import DataSummary
-    from weakseg.engine.checkpoint import seed_everything
     from weakseg.engine.tracking import MlflowTracker
     from weakseg.engine.trainer import Trainer
 

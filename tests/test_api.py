@@ -60,7 +60,7 @@ def tiny_recipe(tmp_path, monkeypatch):
 def test_train_runs_a_recipe_file_with_overrides_and_tracks_it(tiny_recipe, tmp_path):
     from mlflow import MlflowClient
 
-    from weakseg.engine.checkpoint import load_checkpoint
+    from weakseg.checkpoint import load_checkpoint
 
     out = tmp_path / "runs"
     result = weakseg.train(tiny_recipe, output=out, overrides={"name": "api"}, progress=False, **{"train.steps": 2})

@@ -79,8 +79,8 @@ def test_per_image_factors_are_shared_too(store):
 
 
 def test_to_dict_and_from_dict_round_trip_through_a_checkpoint(store, tmp_path):
+    from weakseg.checkpoint import load_checkpoint, make_payload, save_checkpoint
     from weakseg.components import DataSummary
-    from weakseg.engine.checkpoint import load_checkpoint, make_payload, save_checkpoint
 
     scale = compute_input_scale(config(store, target_cell_size=20.0, rescale="image"), seed=2)
     assert InputScale.from_dict(scale.to_dict()) == scale

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import run_command, write_recipe
 
-from weakseg.engine.checkpoint import load_checkpoint
+from weakseg.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.ddp
 

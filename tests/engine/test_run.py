@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import run_command, write_recipe
 
-from weakseg.engine.checkpoint import load_checkpoint
+from weakseg.checkpoint import load_checkpoint
 from weakseg.errors import WeaksegError
 
 
@@ -37,7 +37,9 @@ def test_run_recipe_tracks_metrics_panels_and_checkpoints(tiny_plugin, make_reci
     assert {p.name for p in (run_dir / "checkpoints").iterdir()} == {
         "last.ckpt",
         "step-00000003.ckpt",
+        "step-00000003.ckpt.sha256.json",
         "step-00000006.ckpt",
+        "step-00000006.ckpt.sha256.json",
     }
     for step in (3, 6):
         stored = json.loads((run_dir / "eval" / f"metrics-step-{step:08d}.json").read_text())
@@ -56,6 +58,11 @@ def test_run_recipe_tracks_metrics_panels_and_checkpoints(tiny_plugin, make_reci
     assert panels == ["panels/panel-step-00000003.png", "panels/panel-step-00000006.png"]
     top = {f.path for f in client.list_artifacts(run.info.run_id)}
     assert {"recipe.yaml", "eval", "panels", "checkpoints"} <= top
+    # the final snapshot itself (not the last.ckpt pointer) with its record
+    assert {f.path for f in client.list_artifacts(run.info.run_id, "checkpoints")} == {
+        "checkpoints/step-00000006.ckpt",
+        "checkpoints/step-00000006.ckpt.sha256.json",
+    }
 
     # the same run folder is never overwritten by accident
     with pytest.raises(WeaksegError, match="--resume"):

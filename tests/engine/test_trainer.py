@@ -10,8 +10,8 @@ import pytest
 import torch
 from conftest import blob_batches
 
+from weakseg.checkpoint import CheckpointDir, load_checkpoint
 from weakseg.components import DataSummary
-from weakseg.engine.checkpoint import CheckpointDir, load_checkpoint
 from weakseg.engine.trainer import LRSchedule, NonFiniteLossError, Trainer, TrainingInterrupted, autocast_dtype
 
 SUMMARY = DataSummary(in_channels=1)
@@ -19,7 +19,7 @@ SUMMARY = DataSummary(in_channels=1)
 
 def make_trainer(recipe, tmp_path, callbacks=(), seed=0):
     from weakseg.build import build_strategy
-    from weakseg.engine.checkpoint import seed_everything
+    from weakseg.checkpoint import seed_everything
 
     seed_everything(recipe.train.seed)
     strategy = build_strategy(recipe, SUMMARY)

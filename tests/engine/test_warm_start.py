@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from weakseg.build import build_strategy
+from weakseg.checkpoint import make_payload, save_checkpoint
 from weakseg.components import DataSummary
-from weakseg.engine.checkpoint import make_payload, save_checkpoint
 from weakseg.engine.warm_start import warm_start
 from weakseg.errors import RecipeError
 from weakseg.recipe import Recipe, recipe_from_yaml_text, structure
@@ -115,7 +115,9 @@ def test_init_from_is_a_recipe_key_defaulting_to_none():
 
 def test_run_starts_from_the_source_and_resume_does_not_read_it_again(tmp_path):
     """End to end on a real synthetic store: step-0 weights are the donor's; --resume skips init_from."""
-    from weakseg.engine.checkpoint import load_checkpoint
+    import shutil
+
+    from weakseg.checkpoint import load_checkpoint
     from weakseg.engine.run import run_recipe
 
     base = {
@@ -152,7 +154,7 @@ def test_run_starts_from_the_source_and_resume_does_not_read_it_again(tmp_path):
             assert torch.allclose(trained[name], tensor, atol=1e-6), name
     assert any(k.startswith("collaborator.") for k in trained)
 
-    (donor_result.run_dir / "checkpoints" / "last.ckpt").unlink()  # a resumed run must not need the source
+    shutil.rmtree(donor_result.run_dir / "checkpoints")  # a resumed run must not need the source
     longer = structure(given | {"train": {**given["train"], "steps": 2}}, Recipe)
     resumed = run_recipe(longer, resume=True, output=tmp_path / "runs", progress=False)
     assert resumed.step == 2 and resumed.steps_run == 1

@@ -14,9 +14,9 @@ from weakseg.eval.metrics import METRIC_KEYS
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     from weakseg.build import build_strategy
+    from weakseg.checkpoint import make_payload, save_checkpoint
     from weakseg.data.dataset import data_summary
     from weakseg.data.prepare import ensure_store
-    from weakseg.engine.checkpoint import make_payload, save_checkpoint
     from weakseg.recipe import Recipe, structure
 
     root = tmp_path_factory.mktemp("evalcli")

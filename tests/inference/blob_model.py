@@ -141,8 +141,8 @@ def write_blob_checkpoint(
     import yaml
 
     from weakseg.build import build_strategy
+    from weakseg.checkpoint import make_payload, save_checkpoint
     from weakseg.components import DataSummary
-    from weakseg.engine.checkpoint import make_payload, save_checkpoint
     from weakseg.recipe import recipe_from_yaml_text
 
     text = yaml.safe_dump(

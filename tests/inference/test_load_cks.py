@@ -18,8 +18,8 @@ def cks_checkpoint(tmp_path_factory):
     import torch
 
     from weakseg.build import build_strategy
+    from weakseg.checkpoint import make_payload, save_checkpoint
     from weakseg.components import DataSummary
-    from weakseg.engine.checkpoint import make_payload, save_checkpoint
     from weakseg.recipe import recipe_from_yaml_text
 
     recipe = recipe_from_yaml_text(

@@ -67,8 +67,8 @@ def test_resolve_scale_recomputes_factors_of_an_old_checkpoint_from_its_store(tm
     from data.test_augment import disc_labels
     from data.test_dataset import cell_image, write_store
 
+    from weakseg.checkpoint import Checkpoint
     from weakseg.data.dataset import resolve_group_scales
-    from weakseg.engine.checkpoint import Checkpoint
     from weakseg.recipe import recipe_from_yaml_text
 
     labels = disc_labels((150, 170), 40, seed=1)
@@ -133,8 +133,8 @@ def test_a_run_records_its_input_scale_and_its_model_predicts_without_the_store(
     from data.test_augment import disc_labels
     from data.test_dataset import cell_image, write_store
 
+    from weakseg.checkpoint import load_checkpoint
     from weakseg.data.scales import InputScale, compute_input_scale
-    from weakseg.engine.checkpoint import load_checkpoint
     from weakseg.engine.run import run_recipe
     from weakseg.recipe import recipe_from_yaml_text
 

@@ -1,4 +1,4 @@
-"""``weakseg run RECIPE [--set KEY=VALUE ...] [--resume] [--output DIR]``.
+"""``weakseg run RECIPE [--set KEY=VALUE ...] [--resume | --fresh] [--output DIR]``.
 
 Also under torchrun: ``torchrun --nproc_per_node=N -m weakseg run RECIPE`` (see
 :mod:`weakseg.engine.distributed` for multi-node launches). Exit codes: 0 when the run finished,
@@ -31,7 +31,14 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue from <run>/checkpoints/last.ckpt (same MLflow run); starts fresh when there is none",
+        help="continue from the newest snapshot in <run>/checkpoints/ that verifies (same MLflow run); "
+        "starts at step 0 when there is none",
+    )
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start over in a run folder that holds an earlier run's checkpoints (they are moved to "
+        "checkpoints.old-<time>/, not deleted)",
     )
     p.add_argument("--output", metavar="DIR", help="output folder (overrides recipe output.dir)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
@@ -45,7 +52,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe, args.set)
     try:
-        result = run_recipe(recipe, resume=args.resume, output=args.output, progress=not args.no_progress)
+        result = run_recipe(
+            recipe, resume=args.resume, output=args.output, fresh=args.fresh, progress=not args.no_progress
+        )
     except TrainingInterrupted as exc:
         print(str(exc), file=sys.stderr)
         return exc.exit_code

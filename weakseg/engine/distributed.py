@@ -42,6 +42,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from weakseg.devices import resolve_device
 from weakseg.errors import WeaksegError
 
 #: Collectives wait this long (minutes) for a rank, e.g. while rank 0 evaluates (env WEAKSEG_DIST_TIMEOUT_MIN).
@@ -114,27 +115,6 @@ class DistContext:
         return bool(self.all_reduce_mean(torch.tensor([1.0 if flag else 0.0])).item() > 0)
 
 
-def pick_device(preference: str, local_rank: int = 0) -> torch.device:
-    """``auto`` = the process's CUDA device when there is one, else the CPU; ``cpu``, ``cuda``, ``cuda:1``."""
-    if preference == "auto":
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        device = torch.device(preference)
-    except RuntimeError:
-        raise WeaksegError(
-            f"recipe.train.device: {preference!r} is not a device; use auto, cpu, cuda or cuda:N"
-        ) from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise WeaksegError(
-                f"recipe.train.device: {preference!r} asked for, but torch sees no CUDA device; "
-                "use train.device=auto or cpu"
-            )
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-    return device
-
-
 def env_world() -> tuple[int, int, int]:
     """(rank, world_size, local_rank) from the torchrun environment; (0, 1, 0) without it."""
 
@@ -156,7 +136,7 @@ def setup(device: str = "auto") -> DistContext:
     Idempotent: when a process group is already up (a test, a notebook) it is reused.
     """
     rank, world_size, local_rank = env_world()
-    dev = pick_device(device, local_rank)
+    dev = resolve_device(device, local_rank, what="recipe.train.device")
     if world_size <= 1:
         return DistContext(device=dev)
     if dev.type == "cuda":
@@ -197,8 +177,3 @@ def wrap(module: nn.Module, ctx: DistContext, *, find_unused_parameters: bool = 
 
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=find_unused_parameters)
-
-
-def unwrap(module: nn.Module) -> nn.Module:
-    """The strategy inside a DDP wrapper (or the module itself)."""
-    return getattr(module, "module", module) if type(module).__name__ == "DistributedDataParallel" else module

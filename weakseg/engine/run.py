@@ -9,45 +9,38 @@ The run folder
       mlartifacts/<experiment>/...   MLflow artifacts (recipe, metrics tables, panels, final checkpoint)
       <recipe.name>/
         recipe.yaml                  the resolved recipe (extends and --set applied)
-        checkpoints/last.ckpt        the newest checkpoint (what --resume and `weakseg evaluate` read)
-        checkpoints/step-NNNNNNNN.ckpt   the newest 3 step snapshots (hard links, no extra space)
+        checkpoints/step-NNNNNNNN.ckpt   the newest 3 step snapshots, each with a size + sha256 record
+        checkpoints/last.ckpt        a small pointer to the newest snapshot (what `weakseg evaluate` and
+                                     `weakseg predict` read; a run folder works as well)
         eval/metrics-step-NNNNNNNN.json|csv  overall and per-group metrics of each evaluation
         eval/panel-step-NNNNNNNN.png         image | principal instances | collaborator maps
 
 ``mlflow ui --backend-store-uri sqlite:///<output.dir>/mlflow.db`` shows all of them side by side.
 A second ``weakseg run`` of the same recipe into the same folder refuses to overwrite it: pass
-``--resume`` to continue it, or another ``--output`` / recipe name. ``--resume`` without a
-checkpoint starts from step 0, so a job script can always pass it (pre-emptible clusters).
+``--resume`` to continue it (from the newest snapshot that verifies), ``--fresh`` to start over
+(the old checkpoints are moved aside), or another ``--output`` / recipe name. ``--resume`` without
+a checkpoint starts from step 0, so a job script can always pass it (pre-emptible clusters). See
+:mod:`weakseg.engine.resume`.
 """
 
 from __future__ import annotations
 
-import os
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from weakseg.errors import RecipeError, WeaksegError
+from weakseg.checkpoint import CheckpointDir
+from weakseg.checkpoint.files import write_text_atomic
+from weakseg.engine.resume import RESUMABLE_CHANGES, StartPoint, check_resumable, choose_start
+from weakseg.errors import WeaksegError
+
+__all__ = ["KEEP_STEP_CHECKPOINTS", "RESUMABLE_CHANGES", "RunResult", "check_resumable", "run_dir_for", "run_recipe"]
 
 #: Step snapshots kept beside last.ckpt.
 KEEP_STEP_CHECKPOINTS = 3
-
-#: Recipe keys that may change between a run and its resumption (everything else must match).
-RESUMABLE_CHANGES = (
-    "description",
-    "train.steps",
-    "train.log_every",
-    "train.eval_every",
-    "train.checkpoint_every",
-    "train.device",
-    "data.num_workers",
-    "eval.",
-    "output.",
-)
 
 
 @attrs.frozen
@@ -70,127 +63,23 @@ def run_dir_for(recipe: Any, output: str | Path | None = None) -> Path:
     return Path(output if output is not None else recipe.output.dir) / recipe.name
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def check_resumable(recipe: Any, stored_yaml: str, where: Path) -> None:
-    """Refuse to resume with a recipe that trains something else than the checkpoint did."""
-    from weakseg.recipe import flatten, recipe_from_yaml_text
-
-    stored = flatten(recipe_from_yaml_text(stored_yaml, origin=str(where)).to_dict())
-    current = flatten(recipe.to_dict())
-    changed = []
-    for key in sorted(set(stored) | set(current)):
-        if any(key == p or (p.endswith(".") and key.startswith(p)) for p in RESUMABLE_CHANGES):
-            continue
-        if stored.get(key, "<absent>") != current.get(key, "<absent>"):
-            changed.append(f"  recipe.{key}: {stored.get(key, '<absent>')!r} -> {current.get(key, '<absent>')!r}")
-    if changed:
-        raise RecipeError(
-            f"{where}: cannot resume, the recipe differs from the one the checkpoint was trained with:\n"
-            + "\n".join(changed)
-            + "\nresume with the same recipe (only train.steps, intervals, eval.* and output.* may change), "
-            "or start a new run with another --output or recipe name"
-        )
-
-
-# ------------------------------------------------------------------------------------------------
-# Evaluation glue (weakseg.eval owns the metrics; this turns them into logged metrics and files)
-# ------------------------------------------------------------------------------------------------
-
-
-def make_evaluator(recipe: Any, run_dir: Path, tracker: Any, device: Any, input_scale: Any = None) -> Any:
-    """``evaluate(strategy, step) -> {"val/AP50": ..., "val/<group>/AP50": ...}`` or ``None``.
-
-    Returns ``None`` (no evaluation) when ``weakseg.eval.evaluate`` is not installed. Each
-    evaluation writes ``eval/metrics-step-N.json|csv`` and a panel PNG and logs them to MLflow.
-    """
-    try:
-        from weakseg.eval.evaluate import evaluate_strategy
-    except ImportError as exc:
-        warnings.warn(f"evaluation is unavailable ({exc}); training runs without it", stacklevel=2)
-        return None
-    problem = _eval_split_problem(recipe)
-    if problem:
-        # point-only data is a legitimate setting: train, but say clearly why nothing is scored
-        warnings.warn(f"recipe.eval.split: {problem}; the run trains without evaluation", stacklevel=2)
-        return None
-    prefix = recipe.eval.split
-
-    def evaluate(strategy: Any, step: int) -> dict[str, float]:
-        result = evaluate_strategy(
-            strategy,
-            recipe.data,
-            recipe.eval.split,
-            recipe.eval.max_images,
-            recipe.eval.score_threshold,
-            device,
-            mask_threshold=recipe.eval.mask_threshold,
-            input_scale=input_scale,
-        )
-        eval_dir = run_dir / "eval"
-        eval_dir.mkdir(parents=True, exist_ok=True)
-        stem = f"step-{step:08d}"
-        json_path = eval_dir / f"metrics-{stem}.json"
-        json_path.write_text(result.to_json())
-        csv_path = eval_dir / f"metrics-{stem}.csv"
-        result.to_csv(csv_path)
-        tracker.log_artifact(json_path, "eval")
-        tracker.log_artifact(csv_path, "eval")
-        if recipe.eval.panel:
-            panel = _write_panel(result, strategy, recipe, eval_dir / f"panel-{stem}.png", device)
-            if panel is not None:
-                tracker.log_png(panel, f"panels/{panel.name}")
-        return result.flat(prefix)
-
-    return evaluate
-
-
-def _eval_split_problem(recipe: Any) -> str | None:
-    """Why ``recipe.eval.split`` cannot be scored (no images, no ground-truth masks), or None."""
-    from weakseg.data.store import open_store
-
-    store = open_store(recipe.data.store)
-    infos = store.select(split=recipe.eval.split, groups=recipe.data.groups)
-    splits = sorted({i.split for i in store.images})
-    if not infos:
-        return f"store {recipe.data.store} has no {recipe.eval.split!r} images (splits: {', '.join(splits)})"
-    if not any(i.has_labels for i in infos):
-        return f"the {recipe.eval.split!r} images of {recipe.data.store} have no instance masks to score against"
-    return None
-
-
-def _write_panel(result: Any, strategy: Any, recipe: Any, path: Path, device: Any) -> Path | None:
-    """Ask the eval layer for the evaluation figure; a failing panel never fails the run."""
-    from weakseg.eval.panel import write_panel
-
-    try:
-        return write_panel(
-            strategy,
-            recipe.data,
-            recipe.eval.split,
-            path,
-            device=device,
-            result=result,
-            score_threshold=recipe.eval.score_threshold,
-        )
-    except Exception as exc:  # noqa: BLE001 - the figure is a nicety, never a reason to stop training
-        warnings.warn(f"could not draw the evaluation panel {path}: {type(exc).__name__}: {exc}", stacklevel=2)
-        return None
-
-
-# ------------------------------------------------------------------------------------------------
-# The run
-# ------------------------------------------------------------------------------------------------
-
-
 def _say(ctx: Any, text: str) -> None:
     if ctx.is_main:
         print(text, file=sys.stderr, flush=True)
+
+
+@attrs.define
+class _Run:
+    """What the steps of one run share."""
+
+    recipe: Any
+    ctx: Any
+    out_root: Path
+    run_dir: Path
+    checkpoints: CheckpointDir
+    tracker: Any = None
+    summary: Any = None
+    input_scale: Any = None  #: the run's one InputScale (weakseg.data.scales)
 
 
 def run_recipe(
@@ -198,133 +87,184 @@ def run_recipe(
     resume: bool = False,
     output: str | Path | None = None,
     *,
+    fresh: bool = False,
     callbacks: Sequence[Any] = (),
     progress: bool = True,
 ) -> RunResult:
     """Train (unless the strategy is training-free), evaluate and track ``recipe``.
 
-    Works in one process and under ``torchrun`` (see :mod:`weakseg.engine.distributed`). Raises
-    :class:`~weakseg.engine.trainer.TrainingInterrupted` after SIGINT/SIGTERM (checkpoint written)
-    and :class:`~weakseg.engine.trainer.NonFiniteLossError` on a NaN/inf loss.
+    Works in one process and under ``torchrun`` (see :mod:`weakseg.engine.distributed`). ``resume``
+    continues from the newest good snapshot, ``fresh`` starts over an earlier run's checkpoints
+    (see :mod:`weakseg.engine.resume`). Raises :class:`~weakseg.engine.trainer.TrainingInterrupted`
+    after SIGINT/SIGTERM (checkpoint written) and :class:`~weakseg.engine.trainer.NonFiniteLossError`
+    on a NaN/inf loss.
     """
-    from weakseg.build import build_strategy
-    from weakseg.data.dataset import compute_input_scale, data_summary, make_train_loader
-    from weakseg.data.prepare import ensure_store
-    from weakseg.engine import checkpoint as ckpt_io
     from weakseg.engine import distributed
-    from weakseg.engine.tracking import MlflowTracker, NullTracker
-    from weakseg.engine.trainer import Trainer, TrainingInterrupted, evaluate_on_main
+    from weakseg.engine.tracking import NullTracker
+    from weakseg.engine.trainer import TrainingInterrupted, evaluate_on_main
+    from weakseg.eval.during_training import make_evaluator
 
     ctx = distributed.setup(recipe.train.device)
-    tracker: Any = NullTracker()
+    out_root = Path(output) if output is not None else Path(recipe.output.dir)
+    run_dir = run_dir_for(recipe, out_root)
+    run = _Run(recipe, ctx, out_root, run_dir, CheckpointDir(run_dir / "checkpoints", keep=KEEP_STEP_CHECKPOINTS))
+    run.tracker = NullTracker()
     status = "FAILED"
     try:
-        out_root = Path(output) if output is not None else Path(recipe.output.dir)
-        run_dir = run_dir_for(recipe, out_root)
-        ckdir = ckpt_io.CheckpointDir(run_dir / "checkpoints", keep=KEEP_STEP_CHECKPOINTS)
-        checkpoint = None
-        if ckdir.last.exists():
-            if not resume:
-                raise WeaksegError(
-                    f"{run_dir}: already holds a run of recipe {recipe.name!r} ({ckdir.last}); pass --resume to "
-                    "continue it, or --output DIR (or another recipe name) to start a new one"
-                )
-            checkpoint = ckpt_io.load_checkpoint(ckdir.last)
-            check_resumable(recipe, checkpoint.recipe_yaml, ckdir.last)
-            _say(ctx, f"resuming {recipe.name!r} from {ckdir.last} at step {checkpoint.step}/{recipe.train.steps}")
-        elif resume:
-            _say(ctx, f"no checkpoint in {ckdir.path}; starting {recipe.name!r} from step 0")
-
+        start, checkpoint = choose_start(recipe, run.checkpoints, ctx, resume=resume, fresh=fresh)
+        run.summary = _prepare_data(run, checkpoint)
+        run.input_scale = _input_scale(recipe)
+        strategy = _build_strategy(run, warm=checkpoint is None)
         if ctx.is_main:
-            ensure_store(recipe.data)
-        ctx.barrier()
-        summary = data_summary(recipe.data)
-        if checkpoint is not None and checkpoint.data_summary != summary:
-            raise WeaksegError(
-                f"{ckdir.last}: the data changed since the checkpoint was written "
-                f"({checkpoint.data_summary} -> {summary}); resume on the same store {recipe.data.store!r}"
-            )
-
-        # measured once: training, evaluation and the checkpoints (hence prediction) use the same factors
-        input_scale = compute_input_scale(recipe.data, seed=recipe.train.seed)
-        ckpt_io.seed_everything(recipe.train.seed)  # the same initial weights on every rank
-        strategy = build_strategy(recipe, summary)
-        init_from = recipe.model.init_from if recipe.model is not None else None
-        if init_from and checkpoint is None:
-            from weakseg.engine.warm_start import warm_start
-
-            _say(ctx, warm_start(strategy, init_from).summary())
-        ckpt_io.seed_everything(recipe.train.seed + ctx.rank)
-
-        if ctx.is_main:
-            run_id = checkpoint.run_id if checkpoint is not None else None
-            tracker = MlflowTracker.open(
-                recipe, out_root, run_id=run_id, tags={"weakseg.world_size": str(ctx.world_size)}
-            )
-            _write_text_atomic(run_dir / "recipe.yaml", recipe.to_yaml())
-            tracker.log_artifact(run_dir / "recipe.yaml")
-        evaluate = make_evaluator(recipe, run_dir, tracker, ctx.device, input_scale) if ctx.is_main else None
-
+            run.tracker = _open_tracking(run, checkpoint, start)
+        evaluate = make_evaluator(recipe, run_dir, run.tracker, ctx.device, run.input_scale) if ctx.is_main else None
         if strategy.trainable:
-            trainer = Trainer(
-                strategy,
-                recipe,
-                summary,
-                batches=lambda start: make_train_loader(
-                    recipe.data,
-                    batch_size=recipe.train.batch_size,
-                    seed=recipe.train.seed,
-                    rank=ctx.rank,
-                    world_size=ctx.world_size,
-                    start_step=start,
-                    scale=input_scale,
-                ),
-                ctx=ctx,
-                checkpoints=ckdir,
-                tracker=tracker,
-                evaluate=evaluate,
-                callbacks=callbacks,
-                progress=progress,
-                input_scale=input_scale.to_dict(),
-            )
-            if checkpoint is not None:
-                trainer.restore(checkpoint)
-            result = trainer.fit()
-            step, steps_run, seconds = result.step, result.steps_run, result.seconds
+            step, steps_run, seconds = _train(run, strategy, checkpoint, evaluate, callbacks, progress)
         else:
-            _say(ctx, f"strategy {recipe.strategy.type!r} is training-free: evaluating only")
-            strategy.to(ctx.device).eval()
-            if ctx.is_main:
-                payload = ckpt_io.make_payload(
-                    recipe_yaml=recipe.to_yaml(),
-                    data_summary=summary,
-                    state_dict=strategy.state_dict(),
-                    step=0,
-                    phase=strategy.phase_at(0),
-                    tracking=tracker.info(),
-                    input_scale=input_scale.to_dict(),
-                )
-                ckdir.save(payload, 0)
-            ctx.barrier()
-            step, steps_run, seconds = 0, 0, 0.0
-        metrics = evaluate_on_main(ctx, strategy, evaluate, tracker, step)
-        if ctx.is_main and ckdir.last.exists():
-            tracker.log_artifact(ckdir.last, "checkpoints")
+            step, steps_run, seconds = _evaluate_only(run, strategy)
+        metrics = evaluate_on_main(ctx, strategy, evaluate, run.tracker, step)
+        result = _finish(run, step, steps_run, seconds, metrics)
         status = "FINISHED"
-        return RunResult(
-            run_dir=run_dir,
-            checkpoint=ckdir.last if ckdir.last.exists() else None,
-            step=step,
-            steps_run=steps_run,
-            seconds=seconds,
-            metrics=metrics,
-            run_id=tracker.run_id,
-            tracking_uri=tracker.tracking_uri,
-            is_main=ctx.is_main,
-        )
+        return result
     except TrainingInterrupted:
         status = "KILLED"
         raise
     finally:
-        tracker.finish(status)
+        run.tracker.finish(status)
         distributed.shutdown(ctx)
+
+
+def _prepare_data(run: _Run, checkpoint: Any) -> Any:
+    """Make sure the store exists (rank 0 prepares it), and that a resumed run sees the same data."""
+    from weakseg.data.dataset import data_summary
+    from weakseg.data.prepare import ensure_store
+
+    if run.ctx.is_main:
+        ensure_store(run.recipe.data)
+    run.ctx.barrier()
+    summary = data_summary(run.recipe.data)
+    if checkpoint is not None and checkpoint.data_summary != summary:
+        raise WeaksegError(
+            f"{checkpoint.file or checkpoint.path}: the data changed since the checkpoint was written "
+            f"({checkpoint.data_summary} -> {summary}); resume on the same store {run.recipe.data.store!r}"
+        )
+    return summary
+
+
+def _input_scale(recipe: Any) -> Any:
+    """How the training images are resized: measured once per run and used by the loader, the evaluation
+    and every checkpoint (hence prediction), so that all of them resize alike."""
+    from weakseg.data.dataset import compute_input_scale
+
+    return compute_input_scale(recipe.data, seed=recipe.train.seed)
+
+
+def _build_strategy(run: _Run, *, warm: bool) -> Any:
+    """The strategy with the same initial weights on every rank (``model.init_from`` on a new run);
+    afterwards each rank gets its own random stream."""
+    from weakseg.build import build_strategy
+    from weakseg.checkpoint import seed_everything
+
+    recipe = run.recipe
+    seed_everything(recipe.train.seed)
+    strategy = build_strategy(recipe, run.summary)
+    init_from = recipe.model.init_from if recipe.model is not None else None
+    if init_from and warm:
+        from weakseg.engine.warm_start import warm_start
+
+        _say(run.ctx, warm_start(strategy, init_from).summary())
+    seed_everything(recipe.train.seed + run.ctx.rank)
+    return strategy
+
+
+def _open_tracking(run: _Run, checkpoint: Any, start: StartPoint) -> Any:
+    """Rank 0: the MLflow run (the checkpoint's when resuming), with the resolved recipe as artifact."""
+    from weakseg.engine.tracking import MlflowTracker
+
+    tags = {"weakseg.world_size": str(run.ctx.world_size), **start.tracking_tags()}
+    run_id = checkpoint.run_id if checkpoint is not None else None
+    tracker = MlflowTracker.open(run.recipe, run.out_root, run_id=run_id, tags=tags)
+    write_text_atomic(run.run_dir / "recipe.yaml", run.recipe.to_yaml())
+    tracker.log_artifact(run.run_dir / "recipe.yaml")
+    return tracker
+
+
+def _train(
+    run: _Run, strategy: Any, checkpoint: Any, evaluate: Any, callbacks: Sequence[Any], progress: bool
+) -> tuple[int, int, float]:
+    """Train to ``recipe.train.steps`` (from the checkpoint when resuming); (step, steps run, seconds)."""
+    from weakseg.data.dataset import make_train_loader
+    from weakseg.engine.trainer import Trainer
+
+    recipe, ctx = run.recipe, run.ctx
+    trainer = Trainer(
+        strategy,
+        recipe,
+        run.summary,
+        batches=lambda start: make_train_loader(
+            recipe.data,
+            batch_size=recipe.train.batch_size,
+            seed=recipe.train.seed,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+            start_step=start,
+            scale=run.input_scale,
+        ),
+        ctx=ctx,
+        checkpoints=run.checkpoints,
+        tracker=run.tracker,
+        evaluate=evaluate,
+        callbacks=callbacks,
+        progress=progress,
+        input_scale=run.input_scale.to_dict(),
+    )
+    if checkpoint is not None:
+        trainer.restore(checkpoint)
+    result = trainer.fit()
+    return result.step, result.steps_run, result.seconds
+
+
+def _evaluate_only(run: _Run, strategy: Any) -> tuple[int, int, float]:
+    """A training-free strategy: write its step-0 checkpoint (rank 0); evaluation follows."""
+    from weakseg.checkpoint import make_payload
+
+    _say(run.ctx, f"strategy {run.recipe.strategy.type!r} is training-free: evaluating only")
+    strategy.to(run.ctx.device).eval()
+    if run.ctx.is_main:
+        payload = make_payload(
+            recipe_yaml=run.recipe.to_yaml(),
+            data_summary=run.summary,
+            state_dict=strategy.state_dict(),
+            step=0,
+            phase=strategy.phase_at(0),
+            tracking=run.tracker.info(),
+            input_scale=run.input_scale.to_dict(),
+        )
+        run.checkpoints.save(payload, 0)
+    run.ctx.barrier()
+    return 0, 0, 0.0
+
+
+def _finish(run: _Run, step: int, steps_run: int, seconds: float, metrics: dict[str, float]) -> RunResult:
+    """Log the final snapshot (the file ``last.ckpt`` points to) and its record as MLflow artifacts
+    (rank 0), and report the run."""
+    from weakseg.checkpoint.files import read_pointer, record_path
+
+    last = run.checkpoints.last
+    final = last if last.exists() else None
+    if run.ctx.is_main and final is not None:
+        target = read_pointer(last) or last
+        run.tracker.log_artifact(target, "checkpoints")
+        if record_path(target).is_file():
+            run.tracker.log_artifact(record_path(target), "checkpoints")
+    return RunResult(
+        run_dir=run.run_dir,
+        checkpoint=final,
+        step=step,
+        steps_run=steps_run,
+        seconds=seconds,
+        metrics=metrics,
+        run_id=run.tracker.run_id,
+        tracking_uri=run.tracker.tracking_uri,
+        is_main=run.ctx.is_main,
+    )

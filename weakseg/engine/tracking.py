@@ -20,7 +20,8 @@ Each recipe name is one experiment (``output.experiment`` renames it). A run rec
   ``weakseg.collaborator``, ``weakseg.version``, ``weakseg.git_commit`` (also
   ``mlflow.source.git.commit``), ``weakseg.strategy_source`` (the plugin distribution), ``weakseg.phase``;
 - artifacts: ``recipe.yaml``, ``eval/metrics-step-NNNNNNNN.csv|json`` (per group),
-  ``panels/step-NNNNNNNN.png`` and ``checkpoints/last.ckpt`` at the end.
+  ``panels/step-NNNNNNNN.png``, and at the end the final snapshot ``checkpoints/step-NNNNNNNN.ckpt``
+  with its size + sha256 record.
 
 Only rank 0 tracks; the other ranks use :class:`NullTracker`. MLflow's fluent API keeps global
 state and is not thread-safe, so this module drives an explicit :class:`mlflow.MlflowClient`.

@@ -4,10 +4,10 @@ The trainer knows nothing about what a strategy trains. Each step it takes the n
 :class:`~weakseg.components.Batch`, calls ``strategy(batch, step)`` for a dict of named scalar
 losses, back-propagates their sum and steps the optimizer. Around that it owns:
 
-- **optimizer and schedule** (``recipe.train.optimizer``): AdamW/Adam/SGD; ``constant``, ``cosine``
-  or ``finetune`` (the CKS paper's schedule: ``lr`` (1e-3) and then ``finetune_lr`` (2e-4) for the
-  steps after ``finetune_start`` of the run), times an optional linear warm-up. Biases and
-  normalisation weights (1-D parameters) get no weight decay.
+- **optimizer and schedule** (``recipe.train.optimizer``, built in :mod:`weakseg.engine.optim`):
+  AdamW/Adam/SGD; ``constant``, ``cosine`` or ``finetune`` (the CKS paper's schedule: ``lr`` (1e-3)
+  and then ``finetune_lr`` (2e-4) for the steps after ``finetune_start`` of the run), times an
+  optional linear warm-up. Biases and normalisation weights (1-D parameters) get no weight decay.
 - **phases** the strategy declares (``strategy.phases()``, e.g. the CKS warm-up); the current phase
   is printed, tagged (``weakseg.phase``) and logged as ``train/phase_index``.
 - **precision**: ``bf16`` autocasts the forward pass to bfloat16 (CUDA or CPU), ``fp32`` does not,
@@ -22,18 +22,17 @@ losses, back-propagates their sum and steps the optimizer. Around that it owns:
   the same step).
 - **periodic work**: losses every ``log_every`` steps (averaged over the interval), evaluation
   every ``eval_every`` steps, checkpoints every ``checkpoint_every`` steps and at the end.
-- **progress**: a rich progress bar with phase, loss, throughput and ETA when stderr is a terminal;
-  otherwise one plain line per checkpoint interval (batch-job logs stay short). ``WEAKSEG_PROGRESS=bar``
-  or ``=lines`` forces either; ``weakseg run --no-progress`` silences both.
+- **progress** (:mod:`weakseg.engine.progress`): a rich progress bar with phase, loss, throughput and
+  ETA when stderr is a terminal; otherwise one plain line per checkpoint interval (batch-job logs
+  stay short). ``WEAKSEG_PROGRESS=bar`` or ``=lines`` forces either; ``weakseg run --no-progress``
+  silences both.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import os
 import signal
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -43,11 +42,25 @@ import attrs
 import torch
 from torch import nn
 
+from weakseg import checkpoint as ckpt_io
 from weakseg.components import Batch, DataSummary
-from weakseg.engine import checkpoint as ckpt_io
-from weakseg.engine.distributed import DistContext, unwrap, wrap
+from weakseg.devices import unwrap
+from weakseg.engine.distributed import DistContext, wrap
+from weakseg.engine.optim import LRSchedule, autocast_dtype, build_optimizer
+from weakseg.engine.progress import Progress
 from weakseg.engine.tracking import NullTracker
 from weakseg.errors import WeaksegError
+
+__all__ = [
+    "LRSchedule",
+    "NonFiniteLossError",
+    "TrainResult",
+    "Trainer",
+    "TrainingInterrupted",
+    "autocast_dtype",
+    "build_optimizer",
+    "evaluate_on_main",
+]
 
 BatchFactory = Callable[[int], Iterator[Batch]]
 StepCallback = Callable[["Trainer", int, Mapping[str, float]], None]
@@ -68,159 +81,6 @@ class TrainingInterrupted(WeaksegError):
         self.checkpoint = checkpoint
         #: 128 + signal number, the shell convention: 130 for SIGINT, 143 for SIGTERM.
         self.exit_code = 128 + int(signum)
-
-
-# ------------------------------------------------------------------------------------------------
-# Optimizer, schedule, precision
-# ------------------------------------------------------------------------------------------------
-
-
-def build_optimizer(module: nn.Module, cfg: Any) -> torch.optim.Optimizer:
-    """``recipe.train.optimizer`` -> a torch optimizer; 1-D parameters (biases, norms) get no weight decay."""
-    decay, no_decay = [], []
-    for p in module.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [g for g in ({"params": decay}, {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
-    if not groups:
-        raise WeaksegError("the strategy has no trainable parameters; declare `trainable = False` on it")
-    if cfg.type == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.type == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.type == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
-    raise WeaksegError(f"recipe.train.optimizer.type: unknown optimizer {cfg.type!r}; use adamw, adam or sgd")
-
-
-@attrs.define
-class LRSchedule:
-    """Learning rate of each step: ``lr * factor(step)`` for every parameter group.
-
-    ``finetune`` keeps ``lr`` and switches to ``finetune_lr`` at ``finetune_start * steps`` (the CKS
-    paper trains at 1e-3, then fine-tunes at 2e-4); ``cosine`` decays to 0 at the last step;
-    ``constant`` keeps ``lr``. A linear warm-up over ``warmup_steps`` multiplies any of them.
-    The rate is recomputed from the step, so a resumed (or extended) run gets the right one.
-    """
-
-    lr: float
-    total_steps: int
-    schedule: str = "constant"
-    finetune_lr: float = 2e-4
-    finetune_start: float = 0.8
-    warmup_steps: int = 0
-
-    @classmethod
-    def from_recipe(cls, train: Any) -> LRSchedule:
-        opt = train.optimizer
-        return cls(
-            lr=opt.lr,
-            total_steps=train.steps,
-            schedule=opt.schedule,
-            finetune_lr=opt.finetune_lr,
-            finetune_start=opt.finetune_start,
-            warmup_steps=opt.warmup_steps,
-        )
-
-    def __call__(self, step: int) -> float:
-        if self.schedule == "finetune":
-            lr = self.finetune_lr if step >= math.floor(self.finetune_start * self.total_steps) else self.lr
-        elif self.schedule == "cosine":
-            t = min(step / max(self.total_steps, 1), 1.0)
-            lr = 0.5 * self.lr * (1.0 + math.cos(math.pi * t))
-        else:
-            lr = self.lr
-        if self.warmup_steps > 0 and step < self.warmup_steps:
-            lr *= (step + 1) / self.warmup_steps
-        return lr
-
-    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
-        lr = self(step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        return lr
-
-    def state_dict(self) -> dict[str, Any]:
-        return attrs.asdict(self)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast dtype for ``precision`` on ``device``, or ``None`` for float32."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    if precision in ("fp32", "auto"):
-        return None
-    raise WeaksegError(f"recipe.train.precision: unknown precision {precision!r}; use fp32, bf16 or auto")
-
-
-# ------------------------------------------------------------------------------------------------
-# Progress
-# ------------------------------------------------------------------------------------------------
-
-
-def _fmt_time(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
-class Progress:
-    """A rich progress bar on a terminal; plain lines every ``line_every`` steps elsewhere; silent off rank 0."""
-
-    def __init__(self, total: int, start: int, *, enabled: bool, line_every: int) -> None:
-        self.total = total
-        self.enabled = enabled
-        self.line_every = max(1, line_every)
-        self._bar = None
-        self._task = None
-        self._t0: float | None = None
-        self._s0 = start
-        tty_env = os.environ.get("WEAKSEG_PROGRESS")
-        use_bar = sys.stderr.isatty() if tty_env is None else tty_env == "bar"
-        if enabled and use_bar:
-            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
-            from rich.progress import Progress as RichProgress
-
-            self._bar = RichProgress(
-                TextColumn("[bold]{task.fields[phase]}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}  {task.fields[speed]}"),
-                TimeRemainingColumn(),
-                transient=False,
-            )
-            self._task = self._bar.add_task("train", total=total, completed=start, phase="", loss="-", speed="")
-            self._bar.start()
-
-    def message(self, text: str) -> None:
-        if not self.enabled:
-            return
-        if self._bar is not None:
-            self._bar.console.print(text)
-        else:
-            print(text, file=sys.stderr, flush=True)
-
-    def update(self, step: int, *, loss: float, phase: str) -> None:
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if self._t0 is None:  # the rate counts from the end of the first step (start-up excluded)
-            self._t0, self._s0 = now, step
-        steps_per_s = (step - self._s0) / (now - self._t0) if step > self._s0 else 0.0
-        speed = f"{steps_per_s:.2f} it/s" if steps_per_s > 0 else ""
-        if self._bar is not None:
-            self._bar.update(self._task, completed=step, phase=phase, loss=f"{loss:.4g}", speed=speed)
-        elif step % self.line_every == 0 or step == self.total:
-            eta = (self.total - step) / steps_per_s if steps_per_s > 0 else float("nan")
-            self.message(f"step {step}/{self.total} [{phase}] loss {loss:.4g} {speed} eta {_fmt_time(eta)}")
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-            self._bar = None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -264,6 +124,41 @@ class _StopRequest:
         for sig, old in self._old.items():
             signal.signal(sig, old)
         self._old.clear()
+
+
+@attrs.frozen
+class _StepOutcome:
+    """One step's losses (averaged over ranks, plus their sum as ``loss``), gradient norm and stop flag."""
+
+    losses: dict[str, float]
+    grad_norm: float
+    stop_flag: float
+
+
+class _LossMeter:
+    """Sums of the per-step losses between two logging steps, and the throughput since the last one."""
+
+    def __init__(self, step: int) -> None:
+        self.sums: dict[str, float] = {}
+        self.n = 0
+        self.last: dict[str, float] = {}
+        self._t, self._step = time.perf_counter(), step
+
+    def add(self, losses: Mapping[str, float], grad_norm: float) -> None:
+        self.last = dict(losses)
+        for k, v in losses.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.sums["grad_norm"] = self.sums.get("grad_norm", 0.0) + grad_norm
+        self.n += 1
+
+    def take(self, step: int) -> tuple[dict[str, float], float]:
+        """The interval's mean metrics (``train/...``) and steps per second; starts a new interval."""
+        now = time.perf_counter()
+        steps_per_s = (step - self._step) / max(now - self._t, 1e-9)
+        self._t, self._step = now, step
+        metrics = {f"train/{k}": v / max(self.n, 1) for k, v in self.sums.items()}
+        self.sums, self.n = {}, 0
+        return metrics, steps_per_s
 
 
 class Trainer:
@@ -310,6 +205,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.strategy, self.train_cfg.optimizer)
         self.last_checkpoint: Path | None = None
         self._last_saved_step = 0
+        self._params: list[nn.Parameter] = []
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -422,90 +318,19 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Train from ``self.step`` to ``recipe.train.steps``; returns the final state."""
         cfg = self.train_cfg
-        total = cfg.steps
-        start = self.step
-        t_start = time.perf_counter()
+        start, t_start = self.step, time.perf_counter()
         model = wrap(self.strategy, self.ctx, find_unused_parameters=cfg.find_unused_parameters)
         model.train()
-        line_every = cfg.checkpoint_every if cfg.checkpoint_every > 0 else max(total // 20, 1)
-        progress = Progress(total, start, enabled=self.progress_enabled, line_every=line_every)
-        clip = cfg.grad_clip if cfg.grad_clip else float("inf")
-        params = [p for p in self.strategy.parameters() if p.requires_grad]
-        sums: dict[str, float] = {}
-        n_sum = 0
-        last_losses: dict[str, float] = {}
-        t_log, step_log = time.perf_counter(), start
-        stream = self.batches(start) if start < total else iter(())
+        self._params = [p for p in self.strategy.parameters() if p.requires_grad]
+        line_every = cfg.checkpoint_every if cfg.checkpoint_every > 0 else max(cfg.steps // 20, 1)
+        progress = Progress(cfg.steps, start, enabled=self.progress_enabled, line_every=line_every)
+        meter = _LossMeter(start)
+        stream = self.batches(start) if start < cfg.steps else iter(())
         try:
             with _StopRequest() as stop:
-                while self.step < total:
-                    self._enter_phase(unwrap(self.strategy).phase_at(self.step), progress)
-                    lr = self.schedule.apply(self.optimizer, self.step)
-                    try:
-                        batch = next(stream).to(self.ctx.device)
-                    except Exception:
-                        # Ctrl-C reaches data-loader workers too; a fetch failing after a signal is the
-                        # interruption itself: the step has not started, so checkpoint and stop here
-                        if stop.signum is None:
-                            raise
-                        self.save()
-                        self._interrupted(stop.signum)
-                    losses = self._forward(model, batch)
-                    names = sorted(losses)
-                    loss_total = sum(losses[n].float() for n in names)
-                    self.optimizer.zero_grad(set_to_none=True)
-                    loss_total.backward()
-                    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
-                    parts = [losses[n].detach().float().reshape(()) for n in names]
-                    parts += [loss_total.detach().reshape(()), grad_norm.detach().float().to(loss_total.device)]
-                    if self.ctx.distributed:  # the stop flag travels with the losses: all ranks stop together
-                        parts.append(torch.full((), 1.0 if stop.signum else 0.0, device=loss_total.device))
-                    values = self.ctx.all_reduce_mean(torch.stack(parts)).cpu().tolist()
-                    if not self.ctx.distributed:
-                        values.append(1.0 if stop.signum else 0.0)
-                    *loss_values, total_value, norm_value, stop_value = values
-                    if not all(math.isfinite(v) for v in (*loss_values, total_value, norm_value)):
-                        self._raise_non_finite(names, loss_values, norm_value)
-                    self.optimizer.step()
-                    self.step += 1
-
-                    last_losses = {**dict(zip(names, loss_values, strict=True)), "loss": total_value}
-                    for k, v in last_losses.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    sums["grad_norm"] = sums.get("grad_norm", 0.0) + norm_value
-                    n_sum += 1
-                    for callback in self.callbacks:
-                        callback(self, self.step, last_losses)
-
-                    if self.step % max(cfg.log_every, 1) == 0 or self.step == total:
-                        now = time.perf_counter()
-                        steps_per_s = (self.step - step_log) / max(now - t_log, 1e-9)
-                        t_log, step_log = now, self.step
-                        metrics = {f"train/{k}": v / n_sum for k, v in sums.items()}
-                        metrics["train/lr"] = lr
-                        metrics["train/steps_per_s"] = steps_per_s
-                        metrics["train/images_per_s"] = steps_per_s * cfg.batch_size * self.ctx.world_size
-                        metrics["train/phase_index"] = float(self._phase_index(self.phase))
-                        if self.ctx.is_main:
-                            self.tracker.log_metrics(metrics, self.step)
-                        sums, n_sum = {}, 0
-                    progress.update(self.step, loss=total_value, phase=self.phase)
-
-                    # periodic evaluation (the final one is the caller's); every rank enters, since the
-                    # others wait at a barrier while rank 0 evaluates (``evaluate`` is None off rank 0)
-                    if cfg.eval_every > 0 and self.step % cfg.eval_every == 0 and self.step < total:
-                        self.run_evaluation(progress)
-                    # distributed: the flag reduced with this step's losses (all ranks agree); else read it now
-                    stopping = stop_value > 0 if self.ctx.distributed else stop.signum is not None
-                    if (
-                        stopping
-                        or self.step == total
-                        or (cfg.checkpoint_every > 0 and self.step % cfg.checkpoint_every == 0)
-                    ):
-                        self.save()
-                    if stopping:
-                        self._interrupted(stop.signum or signal.SIGTERM)
-            if start >= total and self.checkpoints is not None and not self.checkpoints.last.exists():
+                while self.step < cfg.steps:
+                    self._train_step(model, stream, stop, meter, progress)
+            if start >= cfg.steps and self.checkpoints is not None and not self.checkpoints.last.exists():
                 self.save()
         finally:
             progress.close()
@@ -516,11 +341,86 @@ class Trainer:
         return TrainResult(
             step=self.step,
             checkpoint=self.last_checkpoint,
-            losses=last_losses,
+            losses=meter.last,
             phase=self.phase,
             seconds=time.perf_counter() - t_start,
             steps_run=self.step - start,
         )
+
+    def _train_step(
+        self, model: nn.Module, stream: Iterator[Batch], stop: _StopRequest, meter: _LossMeter, progress: Progress
+    ) -> None:
+        """One optimisation step, then the periodic work due after it: log, evaluate, checkpoint, stop."""
+        cfg = self.train_cfg
+        self._enter_phase(unwrap(self.strategy).phase_at(self.step), progress)
+        lr = self.schedule.apply(self.optimizer, self.step)
+        batch = self._next_batch(stream, stop)
+        outcome = self._optimise(model, batch, stop)
+        self.step += 1
+        meter.add(outcome.losses, outcome.grad_norm)
+        for callback in self.callbacks:
+            callback(self, self.step, outcome.losses)
+        if self.step % max(cfg.log_every, 1) == 0 or self.step == cfg.steps:
+            self._log_interval(meter, lr)
+        progress.update(self.step, loss=outcome.losses["loss"], phase=self.phase)
+        # periodic evaluation (the final one is the caller's); every rank enters, since the
+        # others wait at a barrier while rank 0 evaluates (``evaluate`` is None off rank 0)
+        if cfg.eval_every > 0 and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+            self.run_evaluation(progress)
+        # distributed: the flag reduced with this step's losses (all ranks agree); else read it now
+        stopping = outcome.stop_flag > 0 if self.ctx.distributed else stop.signum is not None
+        due = cfg.checkpoint_every > 0 and self.step % cfg.checkpoint_every == 0
+        if stopping or self.step == cfg.steps or due:
+            self.save()
+        if stopping:
+            self._interrupted(stop.signum or signal.SIGTERM)
+
+    def _next_batch(self, stream: Iterator[Batch], stop: _StopRequest) -> Batch:
+        """The next batch on this rank's device; a fetch failing after a signal ends training cleanly."""
+        try:
+            return next(stream).to(self.ctx.device)
+        except Exception:
+            # Ctrl-C reaches data-loader workers too; a fetch failing after a signal is the
+            # interruption itself: the step has not started, so checkpoint and stop here
+            if stop.signum is None:
+                raise
+            self.save()
+            self._interrupted(stop.signum)
+            raise
+
+    def _optimise(self, model: nn.Module, batch: Batch, stop: _StopRequest) -> _StepOutcome:
+        """Forward, backward and clip; losses, gradient norm and stop flag averaged over ranks in one
+        all-reduce; the optimizer steps only when all of them are finite."""
+        losses = self._forward(model, batch)
+        names = sorted(losses)
+        loss_total = sum(losses[n].float() for n in names)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_total.backward()
+        clip = self.train_cfg.grad_clip if self.train_cfg.grad_clip else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self._params, clip)
+        parts = [losses[n].detach().float().reshape(()) for n in names]
+        parts += [loss_total.detach().reshape(()), grad_norm.detach().float().to(loss_total.device)]
+        if self.ctx.distributed:  # the stop flag travels with the losses: all ranks stop together
+            parts.append(torch.full((), 1.0 if stop.signum else 0.0, device=loss_total.device))
+        values = self.ctx.all_reduce_mean(torch.stack(parts)).cpu().tolist()
+        if not self.ctx.distributed:
+            values.append(1.0 if stop.signum else 0.0)
+        *loss_values, total_value, norm_value, stop_value = values
+        if not all(math.isfinite(v) for v in (*loss_values, total_value, norm_value)):
+            self._raise_non_finite(names, loss_values, norm_value)
+        self.optimizer.step()
+        named = {**dict(zip(names, loss_values, strict=True)), "loss": total_value}
+        return _StepOutcome(losses=named, grad_norm=norm_value, stop_flag=stop_value)
+
+    def _log_interval(self, meter: _LossMeter, lr: float) -> None:
+        """Log the interval's mean losses, learning rate, throughput and phase (rank 0)."""
+        metrics, steps_per_s = meter.take(self.step)
+        metrics["train/lr"] = lr
+        metrics["train/steps_per_s"] = steps_per_s
+        metrics["train/images_per_s"] = steps_per_s * self.train_cfg.batch_size * self.ctx.world_size
+        metrics["train/phase_index"] = float(self._phase_index(self.phase))
+        if self.ctx.is_main:
+            self.tracker.log_metrics(metrics, self.step)
 
     def run_evaluation(self, progress: Progress | None = None) -> dict[str, float]:
         """Evaluate on rank 0 (the others wait) and log the metrics at the current step."""

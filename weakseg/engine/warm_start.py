@@ -54,7 +54,7 @@ def warm_start(strategy: Any, source: str | Path) -> WarmStartReport:
     match; the rest of ``strategy`` is untouched. Raises :class:`~weakseg.errors.RecipeError`
     naming ``model.init_from`` when the file cannot be read or no tensor fits.
     """
-    from weakseg.engine.checkpoint import CheckpointError, load_strategy
+    from weakseg.checkpoint import CheckpointError, load_strategy
 
     try:
         donor, ckpt = load_strategy(source, device="cpu")

@@ -1,6 +1,6 @@
 """``weakseg evaluate CHECKPOINT STORE [--split test] [--json] [--csv FILE] [--max-images N] [--device D]``.
 
-Rebuilds the checkpoint's strategy (``weakseg.engine.checkpoint.load_strategy``), runs its principal
+Rebuilds the checkpoint's strategy (``weakseg.checkpoint.load_strategy``), runs its principal
 model on a split of a store with ground-truth masks and prints the metrics per group (cell line)
 and overall: a table by default, the JSON document of :meth:`EvalResult.to_json` with ``--json``.
 The recipe's data settings (per-group scales, target cell size) are kept; only the store changes.
@@ -63,10 +63,10 @@ def register(subparsers: Any) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import attrs
 
-    from weakseg.engine.checkpoint import load_strategy
+    from weakseg.checkpoint import load_strategy
+    from weakseg.devices import resolve_device
     from weakseg.errors import DataError, WeaksegError
     from weakseg.eval.evaluate import evaluate_strategy
-    from weakseg.inference.predictor import resolve_device
 
     store = Path(args.store)
     if not store.exists():

@@ -247,9 +247,10 @@ def write_panel(
     Uses ``result.sample`` (kept by :func:`~weakseg.eval.evaluate.evaluate_strategy`) when present,
     otherwise evaluates the first image of ``split`` itself.
     """
-    from weakseg.eval.evaluate import _unwrap, evaluate_strategy
+    from weakseg.devices import unwrap
+    from weakseg.eval.evaluate import evaluate_strategy
 
-    module = _unwrap(strategy)
+    module = unwrap(strategy)
     sample = getattr(result, "sample", None)
     if score_threshold is None:
         score_threshold = float(getattr(result, "score_threshold", 0.5))

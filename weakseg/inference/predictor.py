@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from weakseg.devices import resolve_device
 from weakseg.errors import DataError, WeaksegError
 from weakseg.inference.tiling import (
     ChannelFirst,
@@ -49,16 +50,6 @@ PRECISIONS = ("fp32", "bf16")
 
 #: Masks resampled per chunk of this many instances when mapping back from a rescaled image.
 RESAMPLE_CHUNK = 256
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` means CUDA when available, else CPU; anything else goes to ``torch.device``."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise WeaksegError(f"device {str(device)!r} was requested but CUDA is not available; use --device cpu")
-    return dev
 
 
 def rescale_instances(inst: Instances, sy: float, sx: float, image_shape: tuple[int, int]) -> Instances:
@@ -423,7 +414,7 @@ def load_predictor(
     differently (see :mod:`weakseg.inference.scale`). ``mask_threshold`` defaults to the trained
     recipe's ``eval.mask_threshold``. Other keyword arguments go to :class:`Predictor`.
     """
-    from weakseg.engine.checkpoint import load_strategy
+    from weakseg.checkpoint import load_strategy
     from weakseg.inference.scale import resolve_scale
 
     path = Path(checkpoint)
