@@ -162,3 +162,37 @@ def test_blank_tiles_never_reach_the_model():
     tiles = pred.plan((256, 640))
     with_signal = sum(t.x0 < 256 for t in tiles)
     assert sum(shape[0] for shape in model.calls) == with_signal < len(tiles)
+
+
+class PhantomModel(BlobModel):
+    """The blobs plus one full-crop "cell" at 3/4 of the width of every input, as a model finding
+    cells in a flat area does."""
+
+    def _one(self, img):
+        import torch
+
+        from weakseg.nn.instances import Instances
+
+        inst = super()._one(img)
+        h, w = img.shape
+        s = self.crop_size
+        loc = torch.tensor([[h / 2, 3 * w / 4]], dtype=torch.float32)
+        phantom = Instances(
+            torch.tensor([0.99]), loc, torch.ones(1, s, s), torch.floor(loc).long() - s // 2, (h, w)
+        )
+        return Instances.concat([phantom, inst], (h, w))
+
+
+def test_detections_in_flat_parts_of_a_tile_are_dropped():
+    from weakseg.inference.predictor import Predictor
+
+    image, truth = disc_image((200, 200), 5, seed=9)
+    padded = np.zeros((1, 200, 400), np.uint16)
+    padded[:, :, :200] = image  # one tile: signal on the left, zeros on the right
+    for batch_size in (1, 2):  # tiled, and the batched small-image path
+        pred = Predictor(PhantomModel(), tile_size=512, overlap=64, batch_size=batch_size)
+        inst = pred.predict_batch([padded])[0] if batch_size > 1 else pred.predict_instances(padded)
+        assert len(inst) == truth.max() and bool((inst.locations[:, 1] < 200).all())
+    # where the phantom lands on signal it is kept: the rule judges pixels, not the model
+    inst = Predictor(PhantomModel(), tile_size=512, overlap=64).predict_instances(image)
+    assert len(inst) == truth.max() + 1

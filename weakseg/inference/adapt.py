@@ -94,3 +94,32 @@ def best_first(inst: Instances) -> Instances:
     if len(inst) < 2 or bool((inst.scores[:-1] >= inst.scores[1:]).all()):
         return inst
     return inst.select(torch.argsort(inst.scores, descending=True, stable=True))
+
+
+def drop_flat(inst: Instances, region: np.ndarray, min_range: np.ndarray, mask_threshold: float) -> Instances:
+    """Drop instances whose mask covers no signal in ``region`` (the raw (C, h, w) pixels they were
+    found in, same frame as ``inst``): the finite values under the mask (binarised at
+    ``mask_threshold``; the whole crop when that is empty) span no more than ``min_range``.
+
+    A model finds "cells" in flat areas (zero padding, a blank part of a slide) next to real ones;
+    a tile with signal elsewhere still reaches the model, so its flat parts are judged here.
+    """
+    from weakseg.data.normalize import has_signal
+
+    n = len(inst)
+    if n == 0:
+        return inst
+    _, h, w = region.shape
+    size = int(inst.masks.shape[-1])
+    origins = inst.origins.numpy()
+    masks = inst.masks.numpy()
+    keep = np.zeros(n, bool)
+    for k in range(n):
+        oy, ox = int(origins[k, 0]), int(origins[k, 1])
+        ya, yb, xa, xb = max(oy, 0), min(oy + size, h), max(ox, 0), min(ox + size, w)
+        if ya >= yb or xa >= xb:
+            continue
+        sub = region[:, ya:yb, xa:xb]
+        under = masks[k, ya - oy : yb - oy, xa - ox : xb - ox] >= mask_threshold
+        keep[k] = has_signal(sub[:, under] if under.any() else sub, min_range)
+    return inst if keep.all() else inst.select(torch.from_numpy(keep))

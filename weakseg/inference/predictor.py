@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from weakseg.data.normalize import ImageScan, has_signal, scan_image, standardize
 from weakseg.errors import DataError, WeaksegError
-from weakseg.inference.adapt import AdaptedView, adapt_channels, best_first, rescale_instances
+from weakseg.inference.adapt import AdaptedView, adapt_channels, best_first, drop_flat, rescale_instances
 from weakseg.inference.tiling import (
     ChannelFirst,
     LabelStitcher,
@@ -89,7 +89,8 @@ class Predictor:
 
     Tiles (and small images) without signal (see :func:`weakseg.data.normalize.has_signal`: zero,
     constant, near-constant or non-finite throughout) never reach the model and give no cells, so a
-    blank image costs one read, not a forward pass per tile.
+    blank image costs one read, not a forward pass per tile; detections whose mask covers no signal
+    (a flat part of a tile that has signal elsewhere) are dropped (:func:`~weakseg.inference.adapt.drop_flat`).
     """
 
     def __init__(
@@ -242,9 +243,10 @@ class Predictor:
             if live:
                 batch, (oh, ow) = self._to_model([standardize(r, scan.mean, scan.std) for _, r in live])
                 th, tw = live[0][0][1].shape
-                for ((index, tile), _r), inst in zip(live, self.run_model(batch), strict=True):
+                for ((index, tile), region), inst in zip(live, self.run_model(batch), strict=True):
                     self._check_overlap(inst)
-                    inst = rescale_instances(inst, oh / th, ow / tw, (th, tw)).shift(tile.y0, tile.x0, (h, w))
+                    inst = rescale_instances(inst, oh / th, ow / tw, (th, tw))
+                    inst = drop_flat(inst, region, min_range, self.mask_threshold).shift(tile.y0, tile.x0, (h, w))
                     if binary:
                         inst.masks = inst.masks >= self.mask_threshold
                     keep = torch.from_numpy(in_core(inst.locations.numpy(), tile, tol))
@@ -343,18 +345,19 @@ class Predictor:
                 results[i] = self.predict_instances(view)
                 continue
             scan = self.scan(view)
-            if not has_signal(view.read(), scan.min_range()):
+            region = view.read()
+            if not has_signal(region, scan.min_range()):
                 results[i] = Instances.empty(view.shape[1:], 1)
                 continue
-            small.setdefault(view.shape, []).append((i, view, scan))
+            small.setdefault(view.shape, []).append((i, region, scan))
         for shape, members in small.items():
             _, h, w = shape
             for b0 in range(0, len(members), self.batch_size):
                 part = members[b0 : b0 + self.batch_size]
-                arrays = [standardize(v.read(), sc.mean, sc.std) for _, v, sc in part]
-                batch, (oh, ow) = self._to_model(arrays)
-                for (i, _v, _sc), inst in zip(part, self.run_model(batch), strict=True):
-                    results[i] = best_first(rescale_instances(inst, oh / h, ow / w, (h, w)))
+                batch, (oh, ow) = self._to_model([standardize(r, sc.mean, sc.std) for _, r, sc in part])
+                for (i, region, sc), inst in zip(part, self.run_model(batch), strict=True):
+                    inst = rescale_instances(inst, oh / h, ow / w, (h, w))
+                    results[i] = best_first(drop_flat(inst, region, sc.min_range(), self.mask_threshold))
         return [r for r in results if r is not None]
 
 
