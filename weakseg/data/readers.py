@@ -1,8 +1,14 @@
 """Reading image files as (C, Y, X) arrays; large TIFFs lazily, region by region.
 
 TIFF files go through tifffile (``aszarr``: a chunked view of the file, so a 20000 x 20000 image is
-never decoded whole); PNG, JPEG, BMP and other formats through Pillow (these are small by nature).
-Every failure to read raises :class:`~weakseg.errors.DataError` naming the file.
+never decoded whole; LZW and deflate compression are decoded by imagecodecs); PNG, JPEG, BMP and
+other formats through Pillow (these are small by nature). Every failure to read raises
+:class:`~weakseg.errors.DataError` naming the file.
+
+This module is also the one home of the axis rules, for training data and for prediction alike
+(weakseg.inference.io and ``weakseg.load(...).predict(array)`` use them): :func:`channel_layout`
+for stored axis names (TIFF, OME-Zarr) and :func:`guess_axes` for arrays without names, which reads
+an (H, W, 3) RGB array and a (C, H, W) array both the right way round.
 """
 
 from __future__ import annotations
