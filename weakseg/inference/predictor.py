@@ -202,7 +202,10 @@ class Predictor:
         if scan.nonfinite:
             what = f"{scan.nonfinite} of {scan.values} pixel values are NaN or infinite"
             if self.nan_policy == "error":
-                raise DataError(f"{view.name}: {what}; fix the image, or predict them as background (--nan background)")
+                raise DataError(
+                    f"{view.name}: {what}; fix the image, or predict them as background "
+                    "(--nan background; nan_policy='background' in Python)"
+                )
             warnings.warn(
                 f"{view.name}: {what}; they are predicted as background (--nan error refuses such images)",
                 InputWarning,
@@ -257,7 +260,7 @@ class Predictor:
     # ---------------------------------------------------------------- public API
 
     def predict_instances(self, image: Any, progress: Callable[[int, int], None] | None = None) -> Instances:
-        """All detections of ``image`` ((C, H, W) or (H, W), any dtype) in original coordinates.
+        """All detections of ``image`` ((C, H, W), (H, W, C) RGB or (H, W), any dtype) in original coordinates.
 
         Every tile's own instances are concatenated and cross-tile duplicates removed. Masks stay
         dense crops (N, S, S), so for huge images prefer :meth:`predict`/:meth:`predict_labels`.
