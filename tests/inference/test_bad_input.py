@@ -196,3 +196,13 @@ def test_detections_in_flat_parts_of_a_tile_are_dropped():
     # where the phantom lands on signal it is kept: the rule judges pixels, not the model
     inst = Predictor(PhantomModel(), tile_size=512, overlap=64).predict_instances(image)
     assert len(inst) == truth.max() + 1
+
+
+def test_saturated_cells_are_kept():
+    from weakseg.inference.predictor import Predictor
+
+    image, truth = disc_image((200, 200), 6, seed=10)
+    saturated = np.minimum(image, 300)  # every cell flat at 300 inside, the background noisy
+    assert np.unique(saturated[0][truth > 0]).tolist() == [300]
+    labels = Predictor(BlobModel(), tile_size=512, overlap=64).predict(saturated)
+    assert same_partition(labels, truth)

@@ -96,13 +96,19 @@ def best_first(inst: Instances) -> Instances:
     return inst.select(torch.argsort(inst.scores, descending=True, stable=True))
 
 
-def drop_flat(inst: Instances, region: np.ndarray, min_range: np.ndarray, mask_threshold: float) -> Instances:
-    """Drop instances whose mask covers no signal in ``region`` (the raw (C, h, w) pixels they were
-    found in, same frame as ``inst``): the finite values under the mask (binarised at
-    ``mask_threshold``; the whole crop when that is empty) span no more than ``min_range``.
+#: Pixels around a mask's bounding box that :func:`drop_flat` judges with it.
+FLAT_MARGIN = 4
+
+
+def drop_flat(inst: Instances, region: np.ndarray, min_range: np.ndarray, mask_threshold: float = 0.5) -> Instances:
+    """Drop instances that cover no signal in ``region`` (the raw (C, h, w) pixels they were found
+    in, same frame as ``inst``): the finite values in the bounding box of the mask (binarised at
+    ``mask_threshold``; the whole crop when that is empty), widened by :data:`FLAT_MARGIN` pixels,
+    span no more than ``min_range`` (see :func:`weakseg.data.normalize.has_signal`).
 
     A model finds "cells" in flat areas (zero padding, a blank part of a slide) next to real ones;
-    a tile with signal elsewhere still reaches the model, so its flat parts are judged here.
+    a tile with signal elsewhere still reaches the model, so its flat parts are judged here. The
+    margin keeps a saturated cell (flat inside) by the background around it.
     """
     from weakseg.data.normalize import has_signal
 
@@ -115,11 +121,11 @@ def drop_flat(inst: Instances, region: np.ndarray, min_range: np.ndarray, mask_t
     masks = inst.masks.numpy()
     keep = np.zeros(n, bool)
     for k in range(n):
+        rows = np.nonzero((masks[k] >= mask_threshold).any(axis=1))[0]
+        cols = np.nonzero((masks[k] >= mask_threshold).any(axis=0))[0]
+        r0, r1, c0, c1 = (rows[0], rows[-1] + 1, cols[0], cols[-1] + 1) if len(rows) else (0, size, 0, size)
         oy, ox = int(origins[k, 0]), int(origins[k, 1])
-        ya, yb, xa, xb = max(oy, 0), min(oy + size, h), max(ox, 0), min(ox + size, w)
-        if ya >= yb or xa >= xb:
-            continue
-        sub = region[:, ya:yb, xa:xb]
-        under = masks[k, ya - oy : yb - oy, xa - ox : xb - ox] >= mask_threshold
-        keep[k] = has_signal(sub[:, under] if under.any() else sub, min_range)
+        ya, yb = max(oy + r0 - FLAT_MARGIN, 0), min(oy + r1 + FLAT_MARGIN, h)
+        xa, xb = max(ox + c0 - FLAT_MARGIN, 0), min(ox + c1 + FLAT_MARGIN, w)
+        keep[k] = ya < yb and xa < xb and has_signal(region[:, ya:yb, xa:xb], min_range)
     return inst if keep.all() else inst.select(torch.from_numpy(keep))
