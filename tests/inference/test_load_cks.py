@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import yaml
@@ -61,3 +63,22 @@ def test_load_cks_checkpoint_scaled_bf16(cks_checkpoint):
     assert inst.image_shape == (160, 200)
     assert len(inst) == 0 or inst.masks.shape[1:] == (193, 193)  # ceil(96 / 0.5) + 1
     assert pred.predict(image).shape == (160, 200)
+
+
+def test_cks_model_finds_nothing_in_blank_or_nan_images(cks_checkpoint):
+    pred = weakseg.load(cks_checkpoint, tile_size=224, overlap=128, score_threshold=0.0)
+    blank = {
+        "zeros": np.zeros((300, 380), np.uint16),
+        "constant": np.full((256, 256), 1234, np.uint16),
+        "all_nan": np.full((256, 256), np.nan, np.float32),
+    }
+    from weakseg.inference.predictor import InputWarning
+
+    for name, image in blank.items():
+        warns = pytest.warns(InputWarning, match="NaN") if name == "all_nan" else contextlib.nullcontext()
+        with warns:
+            assert len(pred.predict_instances(image)) == 0, name
+        with warns:
+            assert pred.predict(image).max() == 0, name
+    image, _ = disc_image((256, 256), 10, seed=8)
+    assert len(pred.predict_instances(image)) > 0  # the same model does find something in a real image

@@ -154,10 +154,12 @@ class CountingArray:
 def test_large_input_is_read_tile_by_tile_into_a_zarr_label_array(tmp_path, discs, monkeypatch):
     import zarr
 
+    from weakseg.data import normalize
     from weakseg.inference import tiling
 
     image, truth = discs
-    monkeypatch.setattr(tiling, "BAND_PIXELS", 20_000)
+    monkeypatch.setattr(tiling, "BAND_PIXELS", 20_000)  # relabelling bands
+    monkeypatch.setattr(normalize, "BAND_PIXELS", 20_000)  # statistics bands
     lazy = CountingArray(image)
     out = zarr.create_array(tmp_path / "labels.zarr", shape=truth.shape, chunks=(128, 128), dtype="int32", fill_value=0)
     pred = Predictor(BlobModel(), tile_size=160, overlap=64)

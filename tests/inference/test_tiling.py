@@ -1,4 +1,4 @@
-"""Tile plans, whole-image statistics and label stitching."""
+"""Tile plans and label stitching."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from weakseg.inference import tiling
-from weakseg.inference.tiling import LabelStitcher, axis_tiles, image_stats, plan_tiles
+from weakseg.inference.tiling import LabelStitcher, axis_tiles, plan_tiles
 from weakseg.nn.instances import Instances
 
 
@@ -32,23 +31,6 @@ def test_plan_marks_inner_edges():
     assert len(tiles) == 2 * 3
     assert tiles[0].inner == (False, True, False, True)
     assert tiles[-1].inner == (True, False, True, False)
-
-
-def test_image_stats_banded_equal_numpy(monkeypatch):
-    rng = np.random.default_rng(1)
-    img = rng.integers(0, 60000, size=(2, 301, 203)).astype(np.uint16)
-    monkeypatch.setattr(tiling, "BAND_PIXELS", 1000)  # many bands
-    mean, std = image_stats(img)
-    ref = img.reshape(2, -1).astype(np.float64)
-    np.testing.assert_allclose(mean, ref.mean(1), rtol=1e-10)
-    np.testing.assert_allclose(std, ref.std(1), rtol=1e-9)
-
-
-def test_image_stats_channel_last_view():
-    rng = np.random.default_rng(2)
-    img = rng.random((40, 30, 3)).astype(np.float32)
-    mean, _ = image_stats(tiling.ChannelFirst(img, "yxc"))
-    np.testing.assert_allclose(mean, img.reshape(-1, 3).mean(0), rtol=1e-5)
 
 
 def _random_instances(n, shape, s=20, seed=0):

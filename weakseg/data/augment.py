@@ -26,6 +26,7 @@ import attrs
 import numpy as np
 from scipy import ndimage
 
+from weakseg.data.normalize import ImageStats, standardize  # ImageStats: importable from here too
 from weakseg.recipe import AugmentConfig
 
 # ------------------------------------------------------------------------------------------
@@ -269,48 +270,6 @@ def cut_instances(
 
 
 @attrs.frozen
-class ImageStats:
-    """Per-channel intensity statistics of one image, from a (sub)sample of its pixels.
-
-    ``sample`` (C, K) keeps a few pixel values per channel so the mean/std after a gamma can be
-    estimated without touching the image again.
-    """
-
-    mean: np.ndarray  # (C,) float64
-    std: np.ndarray  # (C,)
-    lo: np.ndarray  # (C,) low end of the range used to map intensities to [0, 1] for gamma
-    hi: np.ndarray  # (C,)
-    sample: np.ndarray  # (C, K) float32
-
-    @classmethod
-    def from_pixels(cls, pixels: np.ndarray, keep: int = 1024, limit: int = 1 << 18) -> ImageStats:
-        """Statistics from pixel values (C, ...) (a whole image or a subsample of it).
-
-        At most ``limit`` pixels per channel are used (an even stride through the rest), which keeps
-        the cost and the memory of a large image small while the estimates stay accurate.
-        """
-        flat = np.asarray(pixels).reshape(pixels.shape[0], -1)
-        if flat.shape[1] > limit:
-            flat = flat[:, :: int(math.ceil(flat.shape[1] / limit))]
-        data = flat.astype(np.float64)
-        mean, std = data.mean(axis=1), data.std(axis=1)
-        lo, hi = np.percentile(data, [0.1, 99.9], axis=1)
-        sample = flat[:, :: max(1, flat.shape[1] // keep)][:, :keep]  # evenly spaced, deterministic
-        return cls(mean, std, lo, hi, np.asarray(sample, np.float32))
-
-    def to_unit(self, image: np.ndarray) -> np.ndarray:
-        """Map intensities (C, ...) to [0, 1] by the image's robust range (values below 0 clipped)."""
-        shape = (-1,) + (1,) * (image.ndim - 1)
-        span = np.maximum(self.hi - self.lo, 1e-12).astype(np.float32).reshape(shape)
-        return np.maximum((image - self.lo.astype(np.float32).reshape(shape)) / span, 0.0)
-
-    def gamma_stats(self, gamma: float) -> tuple[np.ndarray, np.ndarray]:
-        """Estimated per-channel (mean, std) of the image after :meth:`to_unit` and ``** gamma``."""
-        values = self.to_unit(self.sample).astype(np.float64) ** gamma
-        return values.mean(axis=1), values.std(axis=1)
-
-
-@attrs.frozen
 class IntensityJitter:
     """One draw of the intensity augmentation."""
 
@@ -330,8 +289,6 @@ def draw_intensity(rng: np.random.Generator, cfg: AugmentConfig) -> IntensityJit
 
 def apply_intensity(image: np.ndarray, stats: ImageStats, jitter: IntensityJitter) -> np.ndarray:
     """Gamma, per-image standardisation, then contrast and brightness; float32 (C, H, W) out."""
-    from weakseg.data.normalize import standardize
-
     if jitter.gamma != 1.0:
         image = stats.to_unit(image) ** np.float32(jitter.gamma)
         mean, std = stats.gamma_stats(jitter.gamma)

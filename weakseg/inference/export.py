@@ -33,9 +33,20 @@ LABEL_NAME = "cells"
 # ------------------------------------------------------------------------------------------------
 
 
+def umask() -> int:
+    """The process's file-creation mask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step."""
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step.
+
+    The temporary file is private while it is written (``mkstemp``: mode 0600); the finished file
+    gets the mode any new file would get (0666 less the umask, so 0644 under the usual 022).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -45,6 +56,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp_path, 0o666 & ~umask())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -54,12 +66,14 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; on success it takes the place of ``path``
-    (an old ``path`` is moved aside first and deleted after the swap)."""
+    (an old ``path`` is moved aside first and deleted after the swap). The folder gets the mode a
+    new folder would get (0777 less the umask), not ``mkdtemp``'s private 0700."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~umask())
         old = None
         if path.exists():
             old = path.parent / f".{path.name}.old-{os.getpid()}"

@@ -2,7 +2,8 @@
 
 Large inputs stay lazy: uncompressed TIFFs are memory-mapped, compressed or tiled TIFFs are read
 through tifffile's zarr interface, zarr arrays are sliced region by region. Everything is exposed
-as a :class:`~weakseg.inference.tiling.ChannelFirst` view in (C, Y, X) order. An unreadable file
+as a :class:`~weakseg.inference.tiling.ChannelFirst` view in (C, Y, X) order; which axes are
+channels is decided by weakseg.data.readers, the same rules as for imported training data. An unreadable file
 raises :class:`~weakseg.errors.DataError` naming it, so a caller can report it and go on.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 import attrs
 import numpy as np
 
+from weakseg.data.readers import guess_axes, read_pil
 from weakseg.errors import DataError
 from weakseg.inference.tiling import ChannelFirst
 
@@ -52,25 +54,6 @@ def _is_zarr(path: Path) -> bool:
         or (path / "zarr.json").exists()
         or (path / ".zgroup").exists()
         or (path / ".zarray").exists()
-    )
-
-
-def _guess_axes(shape: tuple[int, ...], name: str) -> str:
-    """Axes of a plain array: (Y, X), (C, Y, X) with few channels first, or (Y, X, C) with <= 4 last."""
-    if len(shape) == 2:
-        return "yx"
-    if len(shape) == 3:
-        if shape[-1] <= 4 < shape[0]:
-            return "yxc"
-        if shape[0] <= 16:
-            return "cyx"
-        if shape[-1] <= 16:
-            return "yxc"
-    if 3 < len(shape) <= 9 and all(n == 1 for n in shape[: len(shape) - 3]):
-        lead = len(shape) - 3  # leading singleton axes (t, z...), then the plain guess
-        return "tzqijk"[:lead] + _guess_axes(shape[lead:], name)
-    raise DataError(
-        f"{name}: cannot tell the axes of an array of shape {shape}; expected (Y, X), (C, Y, X) or (Y, X, C)"
     )
 
 
@@ -114,20 +97,8 @@ def _open_tiff(path: Path) -> Iterator[ChannelFirst]:
 
 
 def _open_pil(path: Path) -> ChannelFirst:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
-                im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
-            elif im.mode == "LA":
-                im = im.convert("L")
-            array = np.asarray(im)
-    except Exception as exc:  # noqa: BLE001
-        raise DataError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from exc
-    if array.ndim == 3 and array.shape[-1] == 4:  # alpha is no signal
-        array = array[..., :3]
-    return ChannelFirst(array, "yx" if array.ndim == 2 else "yxc", str(path))
+    """PNG / JPEG / BMP through the data importers' reader; palette images as their colours."""
+    return ChannelFirst(read_pil(path, palette_as_rgb=True), "cyx", str(path))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -152,7 +123,7 @@ def _ome_image(group: Any, path: Path) -> tuple[Any, str] | None:
         names = [a["name"] if isinstance(a, dict) else str(a) for a in axes_meta]
         axes = "".join(n[0].lower() for n in names)
     else:
-        axes = _guess_axes(tuple(array.shape), str(path))
+        axes = guess_axes(tuple(array.shape), str(path))
     return array, axes
 
 
@@ -168,7 +139,7 @@ def _open_zarr(path: Path, key: str | None) -> Iterator[ChannelFirst]:
         raise DataError(f"{path}: not a readable zarr store ({type(exc).__name__}: {exc})") from exc
     name = f"{path}" if key is None else f"{path}/{key}"
     if isinstance(node, zarr.Array):
-        yield ChannelFirst(node, _guess_axes(tuple(node.shape), name), name)
+        yield ChannelFirst(node, guess_axes(tuple(node.shape), name), name)
         return
     found = _ome_image(node, Path(name))
     if found is None:

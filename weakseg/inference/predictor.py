@@ -30,8 +30,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from weakseg.data.normalize import ImageScan, has_signal, scan_image, standardize
 from weakseg.devices import resolve_device
 from weakseg.errors import DataError, WeaksegError
+from weakseg.inference.adapt import AdaptedView, adapt_channels, best_first, drop_flat, rescale_instances
 from weakseg.inference.tiling import (
     ChannelFirst,
     LabelStitcher,
@@ -39,91 +41,21 @@ from weakseg.inference.tiling import (
     Tile,
     as_view,
     cross_tile_duplicates,
-    image_stats,
     in_core,
     plan_tiles,
-    read_tile,
 )
 from weakseg.nn.instances import Instances
 
+__all__ = ["NAN_POLICIES", "PRECISIONS", "InputWarning", "Predictor", "adapt_channels", "load_predictor"]
+__all__ += ["rescale_instances", "resolve_device"]
+
 PRECISIONS = ("fp32", "bf16")
-
-#: Masks resampled per chunk of this many instances when mapping back from a rescaled image.
-RESAMPLE_CHUNK = 256
-
-
-def rescale_instances(inst: Instances, sy: float, sx: float, image_shape: tuple[int, int]) -> Instances:
-    """Map instances found in an image resized by (sy, sx) back to the original pixel grid.
-
-    Crop pixel (a, b) of a crop with origin (y0, x0) covers the resized image's pixel
-    (y0 + a, x0 + b); with edge indexing (pixel centres at i + 0.5) original position u maps to u * s.
-    Each original pixel centre of the new, larger or smaller crop samples the old crop bilinearly
-    (zero outside it). The new crop is ceil(S / s) + 1 pixels square so it covers the whole old one.
-    """
-    if sy == 1.0 and sx == 1.0:
-        return Instances(inst.scores, inst.locations, inst.masks, inst.origins, tuple(image_shape))
-    n = len(inst)
-    size = int(inst.masks.shape[-1])
-    new_size = int(math.ceil(size / min(sy, sx))) + 1
-    scale = torch.tensor([sy, sx], dtype=torch.float64)
-    locations = (inst.locations.double() / scale).float()
-    if n == 0:
-        return Instances.empty(image_shape, new_size)
-    o = inst.origins.double()
-    new_origins = torch.floor(o / scale).long()
-    a = torch.arange(new_size, dtype=torch.float64) + 0.5
-    gy = ((new_origins[:, :1].double() + a) * sy - o[:, :1]) * (2.0 / size) - 1.0  # (N, S')
-    gx = ((new_origins[:, 1:].double() + a) * sx - o[:, 1:]) * (2.0 / size) - 1.0
-    out = []
-    masks = inst.masks.float()
-    for k in range(0, n, RESAMPLE_CHUNK):
-        sl = slice(k, k + RESAMPLE_CHUNK)
-        m = gy[sl].shape[0]
-        grid = torch.stack(
-            [gx[sl][:, None, :].expand(m, new_size, new_size), gy[sl][:, :, None].expand(m, new_size, new_size)], -1
-        ).float()
-        sampled = F.grid_sample(masks[sl, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        out.append(sampled[:, 0])
-    return Instances(inst.scores, locations, torch.cat(out), new_origins, tuple(image_shape))
+#: What to do with NaN / infinite pixels: predict them as background (with a warning) or refuse the image.
+NAN_POLICIES = ("background", "error")
 
 
-def adapt_channels(image: np.ndarray, in_channels: int | None, name: str = "image") -> np.ndarray:
-    """Make a (C, h, w) array have the model's channel count: RGB(A) -> grey for 1-channel models,
-    alpha dropped for 3-channel ones, grey repeated for 3-channel ones; anything else is an error."""
-    c = image.shape[0]
-    if in_channels is None or c == in_channels:
-        return image
-    if in_channels == 1 and c in (3, 4):
-        return image[:3].mean(axis=0, keepdims=True, dtype=np.float32)
-    if c == 4 and in_channels == 3:
-        return image[:3]
-    if c == 1 and in_channels == 3:
-        return np.repeat(image, 3, axis=0)
-    raise DataError(f"{name}: has {c} channels but the model expects {in_channels}; convert the image first")
-
-
-class _AdaptedView(ChannelFirst):
-    """A view whose reads are converted to the model's channel count."""
-
-    def __init__(self, base: ChannelFirst, in_channels: int | None) -> None:
-        super().__init__(base.array, base.axes, base.name)
-        self.in_channels = in_channels
-        adapt_channels(np.zeros((base.shape[0], 1, 1), np.float32), in_channels, base.name)  # fail early
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        c, h, w = super().shape
-        return (self.in_channels or c, h, w)
-
-    def read(self, y0: int = 0, y1: int | None = None, x0: int = 0, x1: int | None = None) -> np.ndarray:
-        return adapt_channels(super().read(y0, y1, x0, x1), self.in_channels, self.name)
-
-
-def _best_first(inst: Instances) -> Instances:
-    """Instances sorted by decreasing score (no copy when they already are)."""
-    if len(inst) < 2 or bool((inst.scores[:-1] >= inst.scores[1:]).all()):
-        return inst
-    return inst.select(torch.argsort(inst.scores, descending=True, stable=True))
+class InputWarning(UserWarning):
+    """Something about an input image the user should know (it is still predicted); names the image."""
 
 
 class Predictor:
@@ -142,6 +74,14 @@ class Predictor:
         score_threshold, min_area, mask_threshold: for label images (``predict``).
         in_channels: the model's channel count; images are converted when it differs (None: as is).
         dedup_distance: instances from two tiles closer than this (model-input pixels) are duplicates.
+        nan_policy: "background" (default): NaN / infinite pixels are reported with an
+            :class:`InputWarning` naming the image and predicted as a flat region at the image's mean
+            level; "error": such an image raises :class:`~weakseg.errors.DataError`.
+
+    Tiles (and small images) without signal (see :func:`weakseg.data.normalize.has_signal`: zero,
+    constant, near-constant or non-finite throughout) never reach the model and give no cells, so a
+    blank image costs one read, not a forward pass per tile; detections whose mask covers no signal
+    (a flat part of a tile that has signal elsewhere) are dropped (:func:`~weakseg.inference.adapt.drop_flat`).
     """
 
     def __init__(
@@ -159,7 +99,10 @@ class Predictor:
         mask_threshold: float = 0.5,
         in_channels: int | None = None,
         dedup_distance: float = 8.0,
+        nan_policy: str = "background",
     ) -> None:
+        if nan_policy not in NAN_POLICIES:
+            raise WeaksegError(f"nan_policy must be one of {', '.join(NAN_POLICIES)}, got {nan_policy!r}")
         if not (scale > 0 and math.isfinite(scale)):
             raise WeaksegError(f"scale must be a positive number, got {scale!r}")
         if precision not in PRECISIONS:
@@ -182,6 +125,7 @@ class Predictor:
         self.mask_threshold = float(mask_threshold)
         self.in_channels = in_channels
         self.dedup_distance = float(dedup_distance)
+        self.nan_policy = nan_policy
         self._warned_overlap = False
         if isinstance(model, torch.nn.Module):
             model.to(self.device)
@@ -237,53 +181,77 @@ class Predictor:
         else:
             view = as_view(np.asarray(image))
         if self.in_channels is not None and view.shape[0] != self.in_channels:
-            view = _AdaptedView(view, self.in_channels)
+            view = AdaptedView(view, self.in_channels)
         if view.shape[1] < 1 or view.shape[2] < 1:
             raise DataError(f"{view.name}: empty image of shape {view.shape}")
         return view
+
+    def scan(self, view: ChannelFirst) -> ImageScan:
+        """Whole-image statistics of ``view``; reports (or, with ``nan_policy="error"``, refuses)
+        NaN / infinite pixels, naming the image."""
+        scan = scan_image(view)
+        if scan.nonfinite:
+            what = f"{scan.nonfinite} of {scan.values} pixel values are NaN or infinite"
+            if self.nan_policy == "error":
+                raise DataError(
+                    f"{view.name}: {what}; fix the image, or predict them as background "
+                    "(--nan background; nan_policy='background' in Python)"
+                )
+            warnings.warn(
+                f"{view.name}: {what}; they are predicted as background (--nan error refuses such images)",
+                InputWarning,
+                stacklevel=3,
+            )
+        return scan
+
+    def _to_model(self, arrays: list[np.ndarray]) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Equally shaped standardised (C, h, w) arrays as a batch on the device, resized there by
+        ``scale``; returns the batch and its (h, w)."""
+        batch = torch.from_numpy(np.stack(arrays)).to(self.device, non_blocking=True)
+        oh, ow = batch.shape[-2:]
+        if self.scale != 1.0:
+            oh, ow = max(1, round(oh * self.scale)), max(1, round(ow * self.scale))
+            antialias = self.scale < 1.0
+            batch = F.interpolate(batch, size=(oh, ow), mode="bilinear", align_corners=False, antialias=antialias)
+        return batch, (int(oh), int(ow))
 
     def iter_tiles(
         self, image: Any, progress: Callable[[int, int], None] | None = None, binary: bool = False
     ) -> Iterator[tuple[int, Tile, Instances]]:
         """Yield (tile index, tile, instances it owns) with instances in original image coordinates.
 
-        ``progress(done, total)`` is called after each batch of tiles. With ``binary`` the masks are
-        thresholded at ``mask_threshold`` (bool, a quarter of the memory) as soon as they are in
-        original coordinates.
+        Tiles without signal are not run through the model and yield nothing. ``progress(done,
+        total)`` is called after each batch of tiles. With ``binary`` the masks are thresholded at
+        ``mask_threshold`` (bool, a quarter of the memory) as soon as they are in original coordinates.
         """
         view = self._view(image)
         _, h, w = view.shape
-        mean, std = image_stats(view)
+        scan = self.scan(view)
+        min_range = scan.min_range()
         tiles = self.plan((h, w))
-        tol = self.dedup_distance / self.scale
-        done = 0
+        tol = self.dedup_distance / self.scale if len(tiles) > 1 else 0.0
         for b0 in range(0, len(tiles), self.batch_size):
-            group = tiles[b0 : b0 + self.batch_size]
-            th, tw = group[0].shape
-            arrays = [read_tile(view, t, mean, std) for t in group]
-            batch = torch.from_numpy(np.stack(arrays)).to(self.device, non_blocking=True)  # resize on the device
-            oh, ow = th, tw
-            if self.scale != 1.0:
-                oh, ow = max(1, round(th * self.scale)), max(1, round(tw * self.scale))
-                batch = F.interpolate(
-                    batch, size=(oh, ow), mode="bilinear", align_corners=False, antialias=self.scale < 1.0
-                )
-            results = self.run_model(batch)
-            for k, (tile, inst) in enumerate(zip(group, results, strict=True)):
-                self._check_overlap(inst)
-                inst = rescale_instances(inst, oh / th, ow / tw, (th, tw)).shift(tile.y0, tile.x0, (h, w))
-                if binary:
-                    inst.masks = inst.masks >= self.mask_threshold
-                keep = torch.from_numpy(in_core(inst.locations.numpy(), tile, tol if len(tiles) > 1 else 0.0))
-                yield b0 + k, tile, inst if bool(keep.all()) else inst.select(keep)
-            done += len(group)
+            group = list(enumerate(tiles[b0 : b0 + self.batch_size], start=b0))
+            regions = [view.read(t.y0, t.y1, t.x0, t.x1) for _, t in group]
+            live = [(k, r) for k, r in zip(group, regions, strict=True) if has_signal(r, min_range)]
+            if live:
+                batch, (oh, ow) = self._to_model([standardize(r, scan.mean, scan.std) for _, r in live])
+                th, tw = live[0][0][1].shape
+                for ((index, tile), region), inst in zip(live, self.run_model(batch), strict=True):
+                    self._check_overlap(inst)
+                    inst = rescale_instances(inst, oh / th, ow / tw, (th, tw))
+                    inst = drop_flat(inst, region, min_range, self.mask_threshold).shift(tile.y0, tile.x0, (h, w))
+                    if binary:
+                        inst.masks = inst.masks >= self.mask_threshold
+                    keep = torch.from_numpy(in_core(inst.locations.numpy(), tile, tol))
+                    yield index, tile, inst if bool(keep.all()) else inst.select(keep)
             if progress is not None:
-                progress(done, len(tiles))
+                progress(b0 + len(group), len(tiles))
 
     # ---------------------------------------------------------------- public API
 
     def predict_instances(self, image: Any, progress: Callable[[int, int], None] | None = None) -> Instances:
-        """All detections of ``image`` ((C, H, W) or (H, W), any dtype) in original coordinates.
+        """All detections of ``image`` ((C, H, W), (H, W, C) RGB or (H, W), any dtype) in original coordinates.
 
         Every tile's own instances are concatenated and cross-tile duplicates removed. Masks stay
         dense crops (N, S, S), so for huge images prefer :meth:`predict`/:meth:`predict_labels`.
@@ -306,7 +274,7 @@ class Predictor:
                 self.dedup_distance / self.scale,
             )
             merged = merged.select(torch.from_numpy(keep))
-        return _best_first(merged)
+        return best_first(merged)
 
     def predict_labels(
         self, image: Any, out: Any = None, progress: Callable[[int, int], None] | None = None
@@ -359,35 +327,31 @@ class Predictor:
         labels, _ = self.predict_labels(image)
         return np.asarray(labels)
 
-    def predict_batch(self, images: Sequence[np.ndarray]) -> list[Instances]:
+    def predict_batch(self, images: Sequence[Any]) -> list[Instances]:
         """Instances of several images that fit in one tile, in batches of ``batch_size`` (for
-        throughput on many small images of equal size); larger images go through tiling."""
+        throughput on many small images of equal size); larger images go through tiling, images
+        without signal give no instances without a forward pass."""
         results: list[Instances | None] = [None] * len(images)
-        small: dict[tuple[int, ...], list[int]] = {}
-        views = [self._view(im) for im in images]
-        for i, v in enumerate(views):
-            if self.fits_one_tile(v.shape):
-                small.setdefault(v.shape, []).append(i)
-            else:
-                results[i] = self.predict_instances(v)
-        for shape, idx in small.items():
+        small: dict[tuple[int, ...], list[tuple[int, ChannelFirst, ImageScan]]] = {}
+        for i, image in enumerate(images):
+            view = self._view(image)
+            if not self.fits_one_tile(view.shape):
+                results[i] = self.predict_instances(view)
+                continue
+            scan = self.scan(view)
+            region = view.read()
+            if not has_signal(region, scan.min_range()):
+                results[i] = Instances.empty(view.shape[1:], 1)
+                continue
+            small.setdefault(view.shape, []).append((i, region, scan))
+        for shape, members in small.items():
             _, h, w = shape
-            for b0 in range(0, len(idx), self.batch_size):
-                part = idx[b0 : b0 + self.batch_size]
-                arrays = []
-                for i in part:
-                    mean, std = image_stats(views[i])
-                    arrays.append(read_tile(views[i], Tile(0, h, 0, w, 0, h, 0, w, (False,) * 4), mean, std))
-                batch = torch.from_numpy(np.stack(arrays)).to(self.device, non_blocking=True)  # resize on the device
-                oh, ow = h, w
-                if self.scale != 1.0:
-                    oh, ow = max(1, round(h * self.scale)), max(1, round(w * self.scale))
-                    batch = F.interpolate(
-                        batch, size=(oh, ow), mode="bilinear", align_corners=False, antialias=self.scale < 1.0
-                    )
-                for i, inst in zip(part, self.run_model(batch), strict=True):
+            for b0 in range(0, len(members), self.batch_size):
+                part = members[b0 : b0 + self.batch_size]
+                batch, (oh, ow) = self._to_model([standardize(r, sc.mean, sc.std) for _, r, sc in part])
+                for (i, region, sc), inst in zip(part, self.run_model(batch), strict=True):
                     inst = rescale_instances(inst, oh / h, ow / w, (h, w))
-                    results[i] = _best_first(inst)
+                    results[i] = best_first(drop_flat(inst, region, sc.min_range(), self.mask_threshold))
         return [r for r in results if r is not None]
 
 

@@ -12,9 +12,9 @@ keeps the accelerator busy. The pieces:
   around internal core edges lets a cell whose location wobbles across a core edge between the two
   tiles survive; the (rare) duplicates this produces are removed by distance, as the model's own
   non-maximum suppression would (8 px in the paper's detector).
-- :func:`image_stats` computes per-channel mean/std once over the whole image, band by band
-  (Chan's parallel update), so a 10k x 10k image is never held as floats; :func:`read_tile`
-  applies them per tile (the model expects per-image standardisation, see weakseg.data.normalize).
+- :func:`read_tile` standardises a tile with statistics of the whole image (computed band by band
+  by :func:`weakseg.data.normalize.scan_image`, so a 10k x 10k image is never held as floats): the
+  model expects per-image standardisation, and weakseg.data.normalize is its one home.
 - :class:`LabelStitcher` pastes instances tile by tile into an int32 label array (numpy, memmap or
   zarr), the higher score winning where instances overlap, and finally renumbers labels 1..M in
   order of decreasing score, like :meth:`weakseg.nn.instances.Instances.to_label_image`.
@@ -29,9 +29,26 @@ from typing import Any
 import attrs
 import numpy as np
 
+from weakseg.data.normalize import image_stats, standardize
+from weakseg.data.readers import channel_layout, guess_axes, to_cyx
 from weakseg.errors import DataError
 
-#: Pixels per band when statistics or relabelling walk over a large array.
+__all__ = [
+    "ChannelFirst",
+    "LabelStitcher",
+    "LabelTable",
+    "Tile",
+    "as_view",
+    "axis_tiles",
+    "cross_tile_duplicates",
+    "image_stats",
+    "in_core",
+    "plan_tiles",
+    "read_tile",
+    "row_bands",
+]
+
+#: Pixels per band when relabelling or measuring walks over a large label array.
 BAND_PIXELS = 1 << 22
 
 
@@ -43,36 +60,26 @@ BAND_PIXELS = 1 << 22
 class ChannelFirst:
     """A (C, H, W) view of a numpy-like array (numpy, memmap, zarr) that is read region by region.
 
-    ``axes`` names the axes of the underlying array, one letter each: ``y`` and ``x`` are required,
-    at most one of ``c`` (channels) or ``s`` (samples, e.g. RGB) may appear, and every other axis
-    (``t``, ``z``, ``q``...) must have length 1. Nothing is read until :meth:`read` is called, so
-    lazy arrays stay lazy.
+    ``axes`` names the axes of the underlying array, one letter each; which of them are channels is
+    decided by :func:`weakseg.data.readers.channel_layout` (the rule the data importers use too):
+    ``y`` and ``x`` are required, ``t`` and ``z`` must have length 1, every other axis (``c``,
+    ``s`` for RGB samples, ``q``...) is a channel axis. Nothing is read until :meth:`read` is
+    called, so lazy arrays stay lazy.
     """
 
     def __init__(self, array: Any, axes: str = "cyx", name: str = "image") -> None:
         axes = axes.lower()
         shape = tuple(int(v) for v in array.shape)
-        if len(shape) != len(axes) or "y" not in axes or "x" not in axes or len(set(axes)) != len(axes):
-            raise DataError(f"{name}: array of shape {shape} does not match axes {axes!r}")
-        channel_axes = [a for a in axes if a in "cs"]
-        if len(channel_axes) > 1:
-            raise DataError(f"{name}: both channel (c) and sample (s) axes in {axes!r}; convert the image first")
-        for a, n in zip(axes, shape, strict=True):
-            if a not in "yxcs" and n != 1:
-                raise DataError(
-                    f"{name}: axis {a!r} has length {n} (axes {axes!r}, shape {shape}); only 2-D images "
-                    "with channels are supported: save one plane per file"
-                )
+        self._other, self._y, self._x = channel_layout(axes, shape, name)
         self.array = array
         self.axes = axes
         self.name = name
-        self._c = axes.index(channel_axes[0]) if channel_axes else None
-        self._y, self._x = axes.index("y"), axes.index("x")
 
     @property
     def shape(self) -> tuple[int, int, int]:
         s = tuple(int(v) for v in self.array.shape)
-        return (1 if self._c is None else s[self._c], s[self._y], s[self._x])
+        channels = int(np.prod([s[i] for i in self._other])) if self._other else 1
+        return (channels, s[self._y], s[self._x])
 
     @property
     def dtype(self) -> np.dtype:
@@ -81,37 +88,18 @@ class ChannelFirst:
     def read(self, y0: int = 0, y1: int | None = None, x0: int = 0, x1: int | None = None) -> np.ndarray:
         """The region [y0:y1, x0:x1] of every channel as a (C, h, w) numpy array of the stored dtype."""
         _, h, w = self.shape
-        y1 = h if y1 is None else y1
-        x1 = w if x1 is None else x1
-        index: list[Any] = []
-        kept = ""
-        for k, a in enumerate(self.axes):
-            if k == self._y:
-                index.append(slice(y0, y1))
-            elif k == self._x:
-                index.append(slice(x0, x1))
-            elif k == self._c:
-                index.append(slice(None))
-            else:
-                index.append(0)
-                continue
-            kept += "c" if k == self._c else a
-        region = np.asarray(self.array[tuple(index)])
-        if self._c is None:
-            return region[None] if kept == "yx" else region.T[None]
-        return np.transpose(region, [kept.index(a) for a in "cyx"])
+        index: list[Any] = [slice(None)] * len(self.axes)
+        index[self._y] = slice(y0, h if y1 is None else y1)
+        index[self._x] = slice(x0, w if x1 is None else x1)
+        return to_cyx(np.asarray(self.array[tuple(index)]), self._other, self._y, self._x)
 
 
 def as_view(image: Any, name: str = "image") -> ChannelFirst:
-    """Wrap a (H, W) or (C, H, W) array (or pass a :class:`ChannelFirst` through)."""
+    """Wrap an array of any layout :func:`weakseg.data.readers.guess_axes` accepts ((H, W),
+    (C, H, W), (H, W, C) RGB...), or pass a :class:`ChannelFirst` through."""
     if isinstance(image, ChannelFirst):
         return image
-    ndim = len(image.shape)
-    if ndim == 2:
-        return ChannelFirst(image, "yx", name)
-    if ndim == 3:
-        return ChannelFirst(image, "cyx", name)
-    raise DataError(f"{name}: expected a (H, W) or (C, H, W) image, got shape {tuple(image.shape)}")
+    return ChannelFirst(image, guess_axes(tuple(image.shape), name), name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -224,43 +212,15 @@ def cross_tile_duplicates(
 
 
 def row_bands(height: int, width: int) -> Iterator[tuple[int, int]]:
+    """(y0, y1) bands of rows holding about ``BAND_PIXELS`` pixels each."""
     rows = max(1, BAND_PIXELS // max(width, 1))
     for y0 in range(0, height, rows):
         yield y0, min(height, y0 + rows)
 
 
-def image_stats(image: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and standard deviation (float64, shape (C,)) over the whole image.
-
-    Exact, but computed band by band with Chan's parallel update, so only one band of rows is ever
-    held as floats: a 10000 x 10000 image costs a few tens of MB here, not 800 MB.
-    """
-    view = as_view(image)
-    c, h, w = view.shape
-    count = 0
-    mean = np.zeros(c)
-    m2 = np.zeros(c)
-    for y0, y1 in row_bands(h, w):
-        band = view.read(y0, y1).reshape(c, -1).astype(np.float64)
-        n_b = band.shape[1]
-        mean_b = band.mean(axis=1)
-        m2_b = ((band - mean_b[:, None]) ** 2).sum(axis=1)
-        total = count + n_b
-        delta = mean_b - mean
-        mean = mean + delta * (n_b / total)
-        m2 = m2 + m2_b + delta**2 * (count * n_b / total)
-        count = total
-    return mean, np.sqrt(m2 / max(count, 1))
-
-
 def read_tile(image: ChannelFirst, tile: Tile, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """The tile's region standardised with whole-image statistics: float32 (C, h, w)."""
-    region = image.read(tile.y0, tile.y1, tile.x0, tile.x1).astype(np.float32)
-    m = np.asarray(mean, np.float32).reshape(-1, 1, 1)
-    s = np.maximum(np.asarray(std, np.float32).reshape(-1, 1, 1), 1e-6)
-    region -= m
-    region /= s
-    return region
+    return standardize(image.read(tile.y0, tile.y1, tile.x0, tile.x1), mean, std)
 
 
 # --------------------------------------------------------------------------------------------
