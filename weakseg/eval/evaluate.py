@@ -80,15 +80,8 @@ def evaluate_strategy(
     module = unwrap(strategy)
     was_training = bool(getattr(module, "training", False))
     run = _EvalRun(
-        module.principal(),
-        device,
-        predictor_kwargs,
-        score_threshold=score_threshold,
-        masks=masks,
-        mask_threshold=mask_threshold,
-        sweep=sweep,
-        keep_sample=keep_sample and rank == 0,
-        progress=progress,
+        module.principal(), device, predictor_kwargs, score_threshold=score_threshold, masks=masks,
+        mask_threshold=mask_threshold, sweep=sweep, keep_sample=keep_sample and rank == 0, progress=progress,
     )
     try:
         with torch.no_grad():
