@@ -6,13 +6,12 @@ import math
 
 import pytest
 import torch
+from test_strategies_cks import disc_batch, make_strategy
 from weakseg_cks.detection import detection_loss_terms, pseudo_points, pu_negative_weight
 from weakseg_cks.losses import BorderConsistency, ForegroundConsistency, crop_geometry, foreground_weights
 
 from weakseg.components import Batch
 from weakseg.errors import RecipeError
-
-from test_strategies_cks import disc_batch, make_strategy
 
 
 def focal(z: float, y: float) -> float:
