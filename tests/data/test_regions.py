@@ -152,3 +152,26 @@ def test_worker_processes_send_the_annotated_mask(store):
             assert (x.annotated is None) == (y.annotated is None)
             if x.annotated is not None:
                 assert np.array_equal(x.annotated.numpy(), y.annotated.numpy())
+
+
+def test_cli_stores_a_shapes_csv_region_and_show_outlines_it(store, tmp_path, capsys):
+    from PIL import Image
+
+    from weakseg.cli import main
+
+    path, _ = store
+    csv = tmp_path / "shapes.csv"
+    csv.write_text("index,shape-type,vertex-index,axis-0,axis-1\n"
+                   "0,rectangle,0,10,10\n0,rectangle,1,10,60\n0,rectangle,2,50,60\n0,rectangle,3,50,10\n")
+    assert main(["data", "region", str(path), "a", str(csv)]) == 0
+    assert "stored region 'annotated'" in capsys.readouterr().out
+    assert open_store(path).region_attrs("a")["bbox"] == [10, 51, 10, 61]
+    png = tmp_path / "a.png"
+    assert main(["data", "show", str(path), "a", "-o", str(png), "--no-labels"]) == 0
+    rgb = np.asarray(Image.open(png))
+    cyan = (rgb[..., 0] == 0) & (rgb[..., 1] == 255) & (rgb[..., 2] == 255)
+    assert cyan[10, 10:61].all() and not cyan[30, 30] and not cyan[80, 100]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("y,x\n1,2\n")
+    assert main(["data", "region", str(path), "a", str(bad)]) == 2
+    assert "not a napari shapes CSV" in capsys.readouterr().err
