@@ -200,3 +200,55 @@ def test_region_everywhere_and_a_tiny_prior_stay_close_to_off():
     part = plain(Batch(batch.image, batch.points, batch.masks, batch.group, batch.image_ids, annotated=left), 20)
     assert part["detection"].item() != pytest.approx(base["detection"], rel=1e-4)
     assert part["border"].item() == pytest.approx(base["border"], rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end: weakseg.train with a region label source, PU weighting and pseudo points
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # a real (tiny) CKS run with MLflow: about 20 s on 2 busy cores
+def test_partial_run_end_to_end_logs_pseudo_points(tmp_path, monkeypatch):
+    import yaml
+    from mlflow import MlflowClient
+
+    import weakseg
+    from weakseg.data.store import open_store
+
+    from test_strategies_cks import TINY_MODEL
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    torch.set_num_threads(1)
+    recipe = {
+        "name": "partial",
+        "data": {
+            "store": str(tmp_path / "store.zarr"),
+            "synthetic": {"n_images": 4, "size": 64, "cell_diameter": 12.0, "val_fraction": 0.5, "seed": 0},
+            "crop_size": 48,
+            "num_workers": 0,
+            "label_source": {"type": "region", "base": "centroids", "region": {"type": "left_half"}},
+        },
+        "model": TINY_MODEL,
+        "collaborator": {"type": "cks"},
+        "strategy": {
+            "type": "cks",
+            "unlabelled": {"type": "pu", "prior": 0.2},
+            "pseudo_points": {"after": 0.3, "threshold": 0.05},
+        },
+        "train": {"steps": 3, "batch_size": 1, "device": "cpu", "precision": "fp32", "eval_every": 0,
+                  "checkpoint_every": 0, "log_every": 1},
+        "eval": {"max_images": 1, "panel": False},
+    }
+    path = tmp_path / "partial.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    out = tmp_path / "runs"
+    result = weakseg.train(path, output=out, progress=False)
+    assert result.step == 3
+    store = open_store(tmp_path / "store.zarr")
+    assert all(store.regions(i.image_id) == ["left_half-0.5"] for i in store.select("train"))
+    history = MlflowClient(tracking_uri=f"sqlite:///{out}/mlflow.db").get_metric_history(
+        result.run_id, "train/pseudo_points"
+    )
+    values = {m.step: m.value for m in history}
+    assert sorted(values) == [1, 2, 3]
+    assert values[1] == 0.0 and values[3] > 0  # burn-in: round(0.3 * 3) = 1 step without pseudo points
