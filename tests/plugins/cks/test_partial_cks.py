@@ -211,11 +211,10 @@ def test_region_everywhere_and_a_tiny_prior_stay_close_to_off():
 def test_partial_run_end_to_end_logs_pseudo_points(tmp_path, monkeypatch):
     import yaml
     from mlflow import MlflowClient
+    from test_strategies_cks import TINY_MODEL
 
     import weakseg
     from weakseg.data.store import open_store
-
-    from test_strategies_cks import TINY_MODEL
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     torch.set_num_threads(1)
