@@ -31,6 +31,8 @@ class Batch:
     ``points[b]`` is a float tensor (N_b, 2) of (y, x) pixel coordinates in the crop
     (N_b may be 0); ``masks[b]`` is an int64 (H, W) instance label image or ``None`` when that
     image has no masks (point supervision). ``group`` is the group (cell line) index per image.
+    ``annotated`` (B, H, W) float32 is 1 where the crop's points are complete and 0 where cells may
+    lack a point; None when every crop is annotated everywhere.
     """
 
     image: torch.Tensor  # (B, C, H, W) float32, standardised per image
@@ -38,6 +40,7 @@ class Batch:
     masks: list[torch.Tensor | None]
     group: torch.Tensor  # (B,) int64
     image_ids: list[str] = attrs.field(factory=list)
+    annotated: torch.Tensor | None = None
 
     @property
     def has_masks(self) -> list[bool]:
@@ -50,6 +53,7 @@ class Batch:
             masks=[None if m is None else m.to(device) for m in self.masks],
             group=self.group.to(device),
             image_ids=list(self.image_ids),
+            annotated=None if self.annotated is None else self.annotated.to(device, non_blocking=True),
         )
 
 

@@ -23,7 +23,8 @@ class StrategyModule(nn.Module):
       and logs each one as ``train/<name>``;
     - ``phases()`` declares named phases (CKS warm-up, ...); the engine logs the phase;
     - ``principal()`` returns the model used for prediction (``predict(image) -> list[Instances]``);
-    - ``panel(image, group)`` may return extra maps for the evaluation figure.
+    - ``panel(image, group)`` may return extra maps for the evaluation figure;
+    - ``interval_metrics()`` may return extra values, logged as ``train/<name>`` each log interval.
     """
 
     #: False for training-free strategies (e.g. seeded watershed): the engine skips the loop.
@@ -46,6 +47,11 @@ class StrategyModule(nn.Module):
     def principal(self) -> Any:
         """The model used for prediction: has ``predict(image (B,C,H,W)) -> list[Instances]``."""
         raise NotImplementedError
+
+    def interval_metrics(self) -> dict[str, float]:
+        """Values (not losses) to log as ``train/<name>`` at each log interval, e.g. counts since the last
+        call; called on every rank (rank 0 logs its own). None by default."""
+        return {}
 
     def panel(self, image: torch.Tensor, group: int = 0) -> dict[str, np.ndarray]:
         """Extra float maps in [0, 1] (H, W) of one image (1, C, H, W) of ``group`` for the evaluation

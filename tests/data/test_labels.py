@@ -131,3 +131,36 @@ def test_jitter_config_validation():
     with pytest.raises(RecipeError, match="drop"):
         structure({"type": "jitter", "drop": 1.5}, LabelSourceSpec, root="recipe.data.label_source")
     assert JitterSource().base.type == "centroids"
+
+
+def test_jitter_in_cell_diameters_moves_by_a_fraction_of_the_measured_diameter(store):
+    from weakseg.data.cellsize import diameter_from_labels
+    from weakseg.data.labels import compute_import_points
+
+    info = store.info("syn")
+    diameter = diameter_from_labels(np.asarray(store.labels("syn")[...]))
+    rel = LabelSourceSpec.of("jitter", drop=0.0, move=1.0, distance=0.15, distance_unit="diameter")
+    px = LabelSourceSpec.of("jitter", drop=0.0, move=1.0, distance=0.15 * diameter)
+    np.testing.assert_allclose(points_for(store, info, rel, seed=3), points_for(store, info, px, seed=3), atol=1e-5)
+    base = points_for(store, info, "centroids")
+    moved = np.linalg.norm(points_for(store, info, rel, seed=3) - base, axis=1)
+    assert moved.max() <= 0.15 * diameter + 1e-4 and moved.max() > 1.0
+    # at import, from the record's own masks
+    labels = np.asarray(store.labels("syn")[...])
+    image = np.asarray(store.image("syn")[...])
+    got = compute_import_points([rel], image_id="syn", image=image, labels=labels, points=None, nuclei=None, seed=3)
+    np.testing.assert_allclose(next(iter(got.values()))[0], points_for(store, info, rel, seed=3), atol=1e-5)
+    # no masks, no metadata, fewer than two points: no diameter to measure
+    with pytest.raises(DataError, match="cell diameter"):
+        JitterSource(distance_unit="diameter").in_pixels(None)
+
+
+def test_region_source_keeps_the_points_inside_its_rule(store):
+    info = store.info("syn")
+    base = points_for(store, info, "centroids")
+    spec = LabelSourceSpec.of("region", base="centroids", region={"type": "central", "fraction": 0.25})
+    kept = points_for(store, info, spec)
+    # the central quarter of the 160 x 160 image is rows and columns 40..120
+    inside = (base[:, 0] >= 40) & (base[:, 0] < 120) & (base[:, 1] >= 40) & (base[:, 1] < 120)
+    np.testing.assert_array_equal(kept, base[inside])
+    assert 0 < len(kept) < len(base)

@@ -1,4 +1,4 @@
-"""``weakseg data import | info | show``.
+"""``weakseg data import | info | show | region``.
 
 Examples::
 
@@ -9,6 +9,7 @@ Examples::
         --label-source '{type: nuclei, diameter: 20}'
     weakseg data info usiigaci.zarr --json
     weakseg data show usiigaci.zarr set1 -o set1.png
+    weakseg data region usiigaci.zarr set1 set1_shapes.csv
 """
 
 from __future__ import annotations
@@ -91,9 +92,26 @@ def register(subparsers: Any) -> None:
     ps.add_argument("--no-labels", action="store_true", help="do not draw the masks")
     ps.add_argument("--region", default=None, metavar="Y0:Y1,X0:X1", help="draw only this region")
     ps.add_argument(
+        "--annotated", default=None, metavar="NAME",
+        help="outline this stored region (default: 'annotated', or the image's only region)",
+    )
+    ps.add_argument(
         "--max-size", type=_positive_int, default=2048, help="downsample larger views to this edge (pixels)"
     )
     ps.set_defaults(func=_cmd_show)
+
+    pr = sub.add_parser(
+        "region",
+        help="store where an image's points are complete (its annotated region)",
+        description="Store the annotated region of IMAGE: cells outside it may lack a point, so training does "
+        "not teach them as background. FILE is a napari shapes-layer CSV (rectangles, ellipses, polygons) or a "
+        "label image of the image's size (non-zero = annotated).",
+    )
+    pr.add_argument("store", metavar="STORE")
+    pr.add_argument("image", metavar="IMAGE", help="image id (see `weakseg data info STORE --images`)")
+    pr.add_argument("file", metavar="FILE", help="napari shapes CSV or label image")
+    pr.add_argument("--name", default="annotated", help="region name (default: annotated, the one training uses)")
+    pr.set_defaults(func=_cmd_region)
 
 
 def _quote_templates(item: str) -> str:
@@ -245,9 +263,29 @@ def _cmd_show(args: argparse.Namespace) -> int:
         show_labels=not args.no_labels,
         region=region,
         max_size=args.max_size,
+        annotated=args.annotated,
     )
     path = save_png(rgb, args.output)
     print(f"wrote {path} ({rgb.shape[1]}x{rgb.shape[0]})")
+    return 0
+
+
+def _cmd_region(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from weakseg.data.regions import read_region_file
+    from weakseg.data.store import open_store
+    from weakseg.errors import DataError
+
+    store = open_store(args.store)
+    info = store.info(args.image)
+    try:
+        mask = read_region_file(args.file, info.shape[-2:])
+        store.write_region(args.image, mask, {"file": str(Path(args.file).resolve())}, name=args.name)
+    except DataError as exc:
+        raise DataError(f"{args.file}: {exc}" if not str(exc).startswith(str(args.file)) else str(exc)) from None
+    share = float(mask.mean())
+    print(f"stored region {args.name!r} of image {args.image!r}: {share:.0%} of the image is annotated")
     return 0
 
 

@@ -53,6 +53,10 @@ class ImageEntry:
     scale: float
     has_labels: bool
     n_crops: int
+    #: Stored region (``regions/<name>``) where the points are complete; None: annotated everywhere.
+    region: str | None = None
+    #: The region's bounding box (y0, y1, x0, x1) in source pixels: crops are drawn to overlap it.
+    region_box: tuple[int, int, int, int] | None = None
 
 
 @attrs.frozen
@@ -64,6 +68,8 @@ class CropSample:
     mask: np.ndarray | None  # (S, S) int32 instance ids, 0 = background or padding
     group: int
     image_id: str
+    #: (S, S) uint8, 1 where the crop's points are complete (padding counts as annotated); None: all of it.
+    annotated: np.ndarray | None = None
 
 
 def crops_per_image(shape: Sequence[int], scale: float, crop_size: int) -> int:
@@ -116,7 +122,7 @@ class CropDataset:
         self.channels = channels.pop()
         self._store: Any = None
         self._stats: OrderedDict[str, ImageStats] = OrderedDict()
-        self._arrays: OrderedDict[tuple[str, bool], Any] = OrderedDict()
+        self._arrays: OrderedDict[tuple[str, str], Any] = OrderedDict()
 
     # -- pickling: the store and caches stay behind ------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
@@ -157,27 +163,44 @@ class CropDataset:
         transform, inside = self._draw_crop(rng, entry, points, ys)
         jitter = draw_intensity(rng, self.augment) if self.augment is not None else IntensityJitter()
         image, mask, crop_points = self.render(entry, transform, points[inside], jitter)
-        return CropSample(image, crop_points, mask, entry.group_index, entry.image_id)
+        annotated = self.render_region(entry, transform) if entry.region is not None else None
+        return CropSample(image, crop_points, mask, entry.group_index, entry.image_id, annotated)
 
     def _draw_crop(
         self, rng: np.random.Generator, entry: ImageEntry, points: np.ndarray, ys: np.ndarray
     ) -> tuple[CropTransform, np.ndarray]:
-        """A crop transform whose window holds points.
+        """A crop transform whose window holds points (and overlaps the image's annotated region).
 
-        The window is drawn uniformly; when it holds no point it is redrawn, up to ``CROP_RETRIES``
-        times, the last time around a randomly chosen point (so sparse images still train).
+        The window is drawn uniformly; when it holds no point, or misses the region's bounding box, it
+        is redrawn, up to ``CROP_RETRIES`` times, the last time around a randomly chosen point (in the
+        region when it has any; so sparse images still train).
         """
         shape = (entry.shape[-2], entry.shape[-1])
         augment = self.augment if self.augment is not None else _NO_AUGMENT
+        box = entry.region_box
         for attempt in range(CROP_RETRIES):
             around = None
-            if attempt == CROP_RETRIES - 1 and len(points):
-                around = tuple(points[int(rng.integers(len(points)))])
+            if attempt == CROP_RETRIES - 1:
+                around = _anchor(rng, points, box)
             transform = draw_transform(rng, shape, self.crop_size, augment, entry.scale, contains=around)
             inside = _points_in_window(points, ys, transform.window())
+            if box is not None and not _overlaps(transform.window(), box):
+                continue
             if len(inside) or not len(points):
                 break
         return transform, inside
+
+    def render_region(self, entry: ImageEntry, transform: CropTransform) -> np.ndarray:
+        """The crop's annotated mask (S, S) uint8 from the image's stored region (padding counts as annotated)."""
+        reader = self._array(entry.image_id, what=f"regions/{entry.region}")
+        if reader is None:
+            raise DataError(f"{self.path}: image {entry.image_id!r} has no region {entry.region!r}; re-run training")
+        y0, y1, x0, x1 = box = transform.source_box()
+        if y1 <= y0 or x1 <= x0:
+            return np.ones((self.crop_size, self.crop_size), np.uint8)
+        out = transform.warp(np.asarray(reader[y0:y1, x0:x1]), box, order=0).astype(np.uint8)
+        out[~transform.valid()] = 1
+        return out
 
     def render(
         self, entry: ImageEntry, transform: CropTransform, points: np.ndarray, jitter: IntensityJitter
@@ -198,7 +221,7 @@ class CropDataset:
 
         mask = None
         keep = np.ones(len(points), bool)
-        labels_arr = self._array(entry.image_id, labels=True) if entry.has_labels else None
+        labels_arr = self._array(entry.image_id, what="labels") if entry.has_labels else None
         if labels_arr is not None:
             lbox = transform.source_box(margin=self.label_margin)
             ly0, ly1, lx0, lx1 = lbox
@@ -219,15 +242,19 @@ class CropDataset:
         return image, mask, crop_points
 
     # -- caches ----------------------------------------------------------------------------------
-    def _array(self, image_id: str, labels: bool = False) -> Any:
-        """A (cached) region reader of an image or of its label image (None when it has none)."""
+    def _array(self, image_id: str, what: str = "image") -> Any:
+        """A (cached) region reader of an image, its label image (``labels``) or a stored region mask
+        (``regions/<name>``); None when the image has none."""
         from weakseg.data.fastread import RegionReader
 
-        key = (image_id, labels)
+        key = (image_id, what)
         if key in self._arrays:
             self._arrays.move_to_end(key)
             return self._arrays[key]
-        arr = self.store.labels(image_id) if labels else self.store.image(image_id)
+        if what.startswith("regions/"):
+            arr = self.store.region(image_id, what.split("/", 1)[1])
+        else:
+            arr = self.store.labels(image_id) if what == "labels" else self.store.image(image_id)
         reader = None if arr is None else RegionReader(arr)
         self._arrays[key] = reader
         if len(self._arrays) > 64:
@@ -261,6 +288,32 @@ _NO_AUGMENT = AugmentConfig(
 def _sort_by_y(points: np.ndarray | None) -> np.ndarray:
     pts = np.zeros((0, 2), np.float32) if points is None else np.asarray(points, np.float32).reshape(-1, 2)
     return pts[np.argsort(pts[:, 0], kind="stable")]
+
+
+def pack_annotated(annotated: np.ndarray | None) -> tuple[tuple[int, int], np.ndarray] | None:
+    """A crop's annotated mask as (shape, bits) (8x smaller to send between processes); None stays None."""
+    if annotated is None:
+        return None
+    return (int(annotated.shape[0]), int(annotated.shape[1])), np.packbits(np.asarray(annotated, bool).ravel())
+
+
+def _anchor(
+    rng: np.random.Generator, points: np.ndarray, box: tuple[int, int, int, int] | None
+) -> tuple[float, float] | None:
+    """A source location for the last crop try: a random point (inside ``box`` when one is), or a random
+    location in ``box`` when no point lies there; None without points or box."""
+    if box is None:
+        return tuple(points[int(rng.integers(len(points)))]) if len(points) else None
+    y0, y1, x0, x1 = box
+    ok = np.flatnonzero((points[:, 0] >= y0) & (points[:, 0] < y1) & (points[:, 1] >= x0) & (points[:, 1] < x1))
+    if len(ok):
+        return tuple(points[int(ok[rng.integers(len(ok))])])
+    return float(rng.uniform(y0, y1)), float(rng.uniform(x0, x1))
+
+
+def _overlaps(window: tuple[float, float, float, float], box: tuple[int, int, int, int]) -> bool:
+    """Whether a source window (y0, y1, x0, x1) overlaps a pixel box (y0, y1, x0, x1)."""
+    return window[0] < box[1] and window[1] > box[0] and window[2] < box[3] and window[3] > box[2]
 
 
 def _points_in_window(points: np.ndarray, ys: np.ndarray, window: tuple[float, float, float, float]) -> np.ndarray:

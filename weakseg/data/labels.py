@@ -7,8 +7,10 @@
   (Sec. V-F: "point labels generated using an unsupervised blob detection algorithm based on nuclei
   counter-stain data").
 * ``csv`` - points given by the user (imported with the ``points`` importer, or read from a CSV file).
-* ``jitter`` - another source's points with a fraction moved and a fraction dropped (seeded), to
-  study sloppy labels.
+* ``jitter`` - another source's points with a fraction moved (by pixels or a fraction of the cell
+  diameter) and a fraction dropped (seeded), to study sloppy labels.
+* ``region`` (:mod:`weakseg.data.partial`) - another source's points inside a region only, the region
+  stored so that the losses know where the points are complete.
 
 :func:`points_for` is the one entry point the data pipeline uses; deterministic sources are cached in
 the store as ``points/<cache key>`` once computed.
@@ -28,6 +30,8 @@ from typing import Any, ClassVar, Literal
 import attrs
 import numpy as np
 
+from weakseg.data.blobs import detect_nuclei
+from weakseg.data.partial import RegionSource
 from weakseg.errors import DataError
 from weakseg.recipe import LabelSourceSpec
 
@@ -202,8 +206,11 @@ class JitterSource:
     base: LabelSourceSpec = attrs.field(factory=lambda: LabelSourceSpec.of("centroids"))
     #: Fraction of points displaced.
     move: float = attrs.field(default=0.5, validator=[attrs.validators.ge(0), attrs.validators.le(1)])
-    #: Displaced points move this many pixels at most, in a uniformly random direction.
+    #: Displaced points move this far at most, in a uniformly random direction (see ``distance_unit``).
     distance: float = attrs.field(default=5.0, validator=attrs.validators.ge(0))
+    #: ``pixels``, or ``diameter``: ``distance`` is a fraction of the image's cell diameter (importer
+    #: metadata ``cell_diameter``, else the masks, else the point spacing), e.g. 0.15.
+    distance_unit: Literal["pixels", "diameter"] = "pixels"
     #: Fraction of points removed.
     drop: float = attrs.field(default=0.1, validator=[attrs.validators.ge(0), attrs.validators.le(1)])
     #: Fixed seed; None uses the run's seed.
@@ -214,6 +221,17 @@ class JitterSource:
 
     def cache_key(self, seed: int) -> str | None:
         return None  # cheap to recompute from the (cached) base points
+
+    def in_pixels(self, diameter: float | None) -> JitterSource:
+        """The same source with ``distance`` in pixels, given the image's cell diameter."""
+        if self.distance_unit == "pixels":
+            return self
+        if diameter is None or not diameter > 0:
+            raise DataError(
+                "label source 'jitter' with distance_unit: diameter needs the image's cell diameter: importer "
+                "metadata cell_diameter, instance masks or at least two points; or use distance_unit: pixels"
+            )
+        return attrs.evolve(self, distance=self.distance * float(diameter), distance_unit="pixels")
 
     def points(self, *, image: Any, labels: Any, points: Any, nuclei: Any, rng: np.random.Generator) -> np.ndarray:
         pts = np.asarray(points if points is not None else _EMPTY, np.float64).reshape(-1, 2)
@@ -242,84 +260,8 @@ BUILTIN_LABEL_SOURCES: dict[str, type] = {
     "nuclei": NucleiSource,
     "csv": CsvSource,
     "jitter": JitterSource,
+    "region": RegionSource,
 }
-
-
-# --------------------------------------------------------------------------------------------
-# Blob detection
-# --------------------------------------------------------------------------------------------
-
-
-def _percentile_range(plane: Any, percentiles: tuple[float, float]) -> tuple[float, float]:
-    shape = plane.shape
-    step = max(1, int(np.sqrt(shape[0] * shape[1] / 4e6)))
-    sample = np.asarray(plane[::step, ::step] if isinstance(plane, np.ndarray) else plane[:, :][::step, ::step])
-    lo, hi = np.percentile(sample, percentiles)
-    return float(lo), float(hi)
-
-
-def detect_nuclei(
-    plane: Any,
-    *,
-    diameter: float,
-    size_range: float = 1.5,
-    method: str = "log",
-    threshold: float = 0.05,
-    overlap: float = 0.5,
-    invert: bool = False,
-    percentiles: tuple[float, float] = (1.0, 99.8),
-    tile: int = 2048,
-) -> np.ndarray:
-    """Centres (+0.5) of bright blobs about ``diameter`` px wide in a 2-D image (lazy ones in tiles)."""
-    from skimage.feature import blob_dog, blob_log
-
-    h, w = plane.shape
-    lo, hi = _percentile_range(plane, percentiles)
-    scale = hi - lo if hi > lo else 1.0
-    sigma = diameter / (2 * np.sqrt(2))
-    min_sigma, max_sigma = sigma / size_range, sigma * size_range
-    margin = int(np.ceil(3 * max_sigma)) + 2
-    tile = max(tile, 8 * margin)
-
-    # large nuclei are found on a downsampled image (about 12 px across): same result, far fewer operations
-    factor = max(1, int(diameter // 12))
-
-    def detect(block: np.ndarray) -> np.ndarray:
-        """Blob centres in continuous coordinates of ``block`` (pixel centres at i + 0.5)."""
-        norm = np.clip((block.astype(np.float32) - lo) / scale, 0, 1)
-        if invert:
-            norm = 1 - norm
-        if factor > 1:
-            from skimage.transform import downscale_local_mean
-
-            norm = downscale_local_mean(norm, (factor, factor))
-        s_lo, s_hi = min_sigma / factor, max_sigma / factor
-        if method == "dog":
-            blobs = blob_dog(norm, min_sigma=s_lo, max_sigma=s_hi, threshold=threshold, overlap=overlap,
-                             exclude_border=False)
-        else:
-            blobs = blob_log(norm, min_sigma=s_lo, max_sigma=s_hi, num_sigma=5, threshold=threshold,
-                             overlap=overlap, exclude_border=False)
-        if not len(blobs):
-            return np.zeros((0, 2))
-        return (blobs[:, :2].astype(np.float64) + 0.5) * factor
-
-    if h <= tile and w <= tile:
-        pts = detect(np.asarray(plane[:, :]))
-    else:
-        found = []
-        for y0 in range(0, h, tile):
-            for x0 in range(0, w, tile):
-                y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
-                ry0, rx0 = max(0, y0 - margin), max(0, x0 - margin)
-                ry1, rx1 = min(h, y1 + margin), min(w, x1 + margin)
-                blobs = detect(np.asarray(plane[ry0:ry1, rx0:rx1])) + [ry0, rx0]
-                inside = (blobs[:, 0] >= y0) & (blobs[:, 0] < y1) & (blobs[:, 1] >= x0) & (blobs[:, 1] < x1)
-                found.append(blobs[inside])
-        pts = np.concatenate(found) if found else np.zeros((0, 2))
-    if len(pts):
-        pts = pts[np.lexsort((pts[:, 1], pts[:, 0]))]
-    return pts.astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -356,6 +298,19 @@ def provenance(src: Any, seed: int) -> dict[str, Any]:
 
     return {"label_source": source_name(src), "config": _config_dict(src), "seed": int(seed),
             "weakseg": __version__}
+
+
+def _in_pixels(src: Any, info: Any, labels: Any, points: Any) -> Any:
+    """A jitter source measured in cell diameters, turned into pixels for one image."""
+    if getattr(src, "distance_unit", "pixels") != "diameter":
+        return src
+    from weakseg.data.cellsize import image_diameter
+
+    def load_labels() -> Any:
+        arr = labels() if callable(labels) else labels
+        return None if arr is None else np.asarray(arr[...])
+
+    return src.in_pixels(image_diameter(info, load_labels, lambda: points))
 
 
 def _compute(src: Any, arrays: Mapping[str, Any], image_id: str, seed: int, base_points: Any = None) -> np.ndarray:
@@ -399,7 +354,8 @@ def compute_import_points(
         if isinstance(src, CsvSource) and src.path is not None:
             pts = src.points_for_image(image_id)
         else:
-            pts = _compute(src, arrays, image_id, seed, base)
+            info = _ShapeOnly(np.shape(image), has_labels=labels is not None)
+            pts = _compute(_in_pixels(src, info, labels, base), arrays, image_id, seed, base)
         key = cache_key(src, seed) or source_name(src)
         out[key] = (pts, provenance(src, seed))
     return out
@@ -459,6 +415,7 @@ def points_for(
             arrays = _arrays_for(store, image_info, getattr(src, "needs", None), lazy_pixels)
             if base is not None:
                 arrays.setdefault("image", _ShapeOnly(image_info.shape))
+            src = _in_pixels(src, image_info, lambda: store.labels(image_id), base)
             pts = _compute(src, arrays, image_id, seed, base)
     except DataError as exc:
         raise DataError(f"{store.path} image {image_id!r}: {exc}") from None
@@ -471,8 +428,9 @@ def points_for(
 class _ShapeOnly:
     """Stands in for an image when a source only needs its shape (jitter clips to the image)."""
 
-    def __init__(self, shape: tuple[int, ...]) -> None:
+    def __init__(self, shape: tuple[int, ...], has_labels: bool = False) -> None:
         self.shape = tuple(shape)
+        self.has_labels = has_labels
 
 
 def all_points(store: Any, infos: Sequence[Any], label_source_spec: Any, seed: int = 0) -> dict[str, np.ndarray]:

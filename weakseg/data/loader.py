@@ -20,7 +20,7 @@ import numpy as np
 
 from weakseg.components import Batch
 from weakseg.data.access import no_images_message, open_data_store, select_images, store_path
-from weakseg.data.crops import CropDataset, CropSample, ImageEntry, crops_per_image
+from weakseg.data.crops import CropDataset, CropSample, ImageEntry, crops_per_image, pack_annotated
 from weakseg.data.sampling import StreamSampler
 from weakseg.data.scales import InputScale, compute_input_scale
 from weakseg.errors import DataError
@@ -31,15 +31,30 @@ def collate_crops(samples: Sequence[CropSample]) -> Batch:
     """Stack crops into a :class:`Batch` of torch tensors (masks int64)."""
     images = np.stack([s.image for s in samples])
     masks = [s.mask for s in samples]
-    meta = [(s.points, s.mask is not None, s.group, s.image_id) for s in samples]
+    meta = [(s.points, s.mask is not None, s.group, s.image_id, pack_annotated(s.annotated)) for s in samples]
     return _to_batch(images, masks, meta)
 
 
-def _to_batch(
-    images: np.ndarray, masks: Any, meta: Sequence[tuple[np.ndarray, bool, int, str]], copy: bool = False
-) -> Batch:
+def _annotated_batch(meta: Sequence[tuple], size: tuple[int, int]) -> Any:
+    """(B, S, S) float32 tensor, 1 where annotated (crops without a region: everywhere), or None when no
+    crop of the batch has a region."""
+    import torch
+
+    packed = [m[4] if len(m) > 4 else None for m in meta]
+    if all(p is None for p in packed):
+        return None
+    out = np.ones((len(meta), *size), np.float32)
+    for b, p in enumerate(packed):
+        if p is not None:
+            shape, bits = p
+            out[b] = np.unpackbits(bits, count=shape[0] * shape[1]).reshape(shape)
+    return torch.from_numpy(out)
+
+
+def _to_batch(images: np.ndarray, masks: Any, meta: Sequence[tuple], copy: bool = False) -> Batch:
     """Wrap arrays into a :class:`Batch` (images copied when ``copy``; masks always become int64 copies).
 
+    ``meta`` holds (points, has mask, group, image id, packed annotated mask or None) per crop.
     Copies and conversions are done by numpy: torch would run them on its intra-op thread pool,
     whose spinning threads cost the training process several ms of CPU per crop.
     """
@@ -47,13 +62,11 @@ def _to_batch(
 
     return Batch(
         image=torch.from_numpy(images.copy() if copy else images),
-        points=[torch.from_numpy(np.asarray(pts, np.float32).reshape(-1, 2)) for pts, _, _, _ in meta],
-        masks=[
-            torch.from_numpy(np.asarray(masks[b]).astype(np.int64)) if has else None
-            for b, (_, has, _, _) in enumerate(meta)
-        ],
-        group=torch.tensor([g for _, _, g, _ in meta], dtype=torch.int64),
-        image_ids=[i for _, _, _, i in meta],
+        points=[torch.from_numpy(np.asarray(m[0], np.float32).reshape(-1, 2)) for m in meta],
+        masks=[torch.from_numpy(np.asarray(masks[b]).astype(np.int64)) if m[1] else None for b, m in enumerate(meta)],
+        group=torch.tensor([m[2] for m in meta], dtype=torch.int64),
+        image_ids=[m[3] for m in meta],
+        annotated=_annotated_batch(meta, tuple(images.shape[-2:])),
     )
 
 
@@ -65,6 +78,7 @@ def build_train_dataset(cfg: DataConfig, *, seed: int, scale: InputScale | None 
     left out with a warning; if none is left, a DataError says so.
     """
     from weakseg.data.labels import points_for
+    from weakseg.data.partial import region_for
 
     path = store_path(cfg)
     store = open_data_store(path)
@@ -85,6 +99,8 @@ def build_train_dataset(cfg: DataConfig, *, seed: int, scale: InputScale | None 
         if len(shape) == 2:
             shape = (1, *shape)
         factor = scale.image_scale(info.image_id, info.group)
+        region = region_for(store, info, cfg.label_source)
+        box = store.region_attrs(info.image_id, region).get("bbox") if region is not None else None
         entries.append(
             ImageEntry(
                 image_id=info.image_id,
@@ -93,6 +109,8 @@ def build_train_dataset(cfg: DataConfig, *, seed: int, scale: InputScale | None 
                 scale=factor,
                 has_labels=bool(info.has_labels),
                 n_crops=crops_per_image(shape, factor, cfg.crop_size),
+                region=region,
+                region_box=tuple(int(v) for v in box) if box else None,  # type: ignore[arg-type]
             )
         )
         points.append(pts)

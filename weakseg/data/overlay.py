@@ -54,9 +54,18 @@ def render_overlay(
     fill_alpha: float = 0.25,
     point_radius: float = 2.5,
     point_color: tuple[int, int, int] = (255, 255, 0),
+    region: np.ndarray | None = None,
+    region_color: tuple[int, int, int] = (0, 255, 255),
 ) -> np.ndarray:
-    """Image with each instance tinted and outlined in its colour and points as dots; (H, W, 3) uint8."""
+    """Image with each instance tinted and outlined in its colour, points as dots and the outline of an
+    annotated ``region`` (H, W) (non-zero = annotated) in ``region_color``; (H, W, 3) uint8."""
     rgb = to_display(image).astype(np.float32)
+    if region is not None:
+        from scipy import ndimage
+
+        inside = np.asarray(region) != 0
+        edge = inside & ~ndimage.binary_erosion(inside, iterations=2, border_value=1)
+        rgb[edge] = region_color
     if labels is not None:
         from skimage.segmentation import find_boundaries
 
@@ -125,8 +134,13 @@ def store_overlay(
     show_labels: bool = True,
     region: tuple[int, int, int, int] | None = None,
     max_size: int = 2048,
+    annotated: str | None = None,
 ) -> np.ndarray:
-    """Overlay of one store image: region (y0, y1, x0, x1) or the whole image, strided down to ``max_size``."""
+    """Overlay of one store image: region (y0, y1, x0, x1) or the whole image, strided down to ``max_size``.
+
+    The outline of the stored region ``annotated`` (default: ``annotated``, else the image's only stored
+    region) shows where the points are complete.
+    """
     info = store.info(image_id)
     _c, h, w = info.shape
     y0, y1, x0, x1 = region if region is not None else (0, h, 0, w)
@@ -141,6 +155,14 @@ def store_overlay(
     labels = None
     if show_labels and info.has_labels:
         labels = np.asarray(store.labels(image_id)[y0:y1:step, x0:x1:step])
+    names = store.regions(image_id)
+    if annotated is None:
+        annotated = "annotated" if "annotated" in names else (names[0] if len(names) == 1 else None)
+    elif annotated not in names:
+        from weakseg.errors import DataError
+
+        raise DataError(f"{store.path}: image {image_id!r} has no region {annotated!r} (it has: {names})")
+    mask = None if annotated is None else np.asarray(store.region(image_id, annotated)[y0:y1:step, x0:x1:step])
     points = None
     if label_source is not None:
         from weakseg.data.labels import points_for
@@ -159,4 +181,4 @@ def store_overlay(
         pts = np.asarray(points, np.float64)
         inside = (pts[:, 0] >= y0) & (pts[:, 0] < y1) & (pts[:, 1] >= x0) & (pts[:, 1] < x1)
         points = (pts[inside] - [y0, x0]) / step
-    return render_overlay(image, labels, points)
+    return render_overlay(image, labels, points, region=mask)

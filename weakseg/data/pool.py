@@ -9,7 +9,8 @@ loop, running in the parent) and receive the dataset once, pickled.
 Protocol: the parent owns ``slots`` shared buffers (``multiprocessing.RawArray``), each big enough
 for one batch of images (float32) and masks (int32). It sends ``(step, slot, keys)`` to worker
 ``step % n``; the worker renders the samples into the slot and answers ``(step, slot, meta, error)``
-where ``meta`` holds the small per-sample things (points, group, id, whether a mask exists). The
+where ``meta`` holds the small per-sample things (points, group, id, whether a mask exists, the
+annotated mask packed to bits when the image has a region). The
 parent copies the batch out of the slot (so a returned Batch never aliases a reused buffer), frees
 the slot and submits the step ``slots`` ahead. Batches therefore come back strictly in step order,
 whatever the workers' timing.
@@ -53,6 +54,8 @@ def _worker_main(payload: bytes, worker_id: int, tasks: Any, results: Any, buffe
     """Worker loop: render the samples of each task into its slot until a ``None`` task arrives."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
     try:
+        from weakseg.data.crops import pack_annotated
+
         dataset = pickle.loads(payload)
         views = [layout.views(b) for b in buffers]
     except BaseException:  # report start-up failures (e.g. an import error) instead of dying silently
@@ -71,7 +74,8 @@ def _worker_main(payload: bytes, worker_id: int, tasks: Any, results: Any, buffe
                 images[b] = sample.image
                 if sample.mask is not None:
                     masks[b] = sample.mask
-                meta.append((sample.points, sample.mask is not None, sample.group, sample.image_id))
+                annotated = pack_annotated(sample.annotated)
+                meta.append((sample.points, sample.mask is not None, sample.group, sample.image_id, annotated))
             results.put((step, slot, meta, None))
         except BaseException:
             results.put((step, slot, None, f"data worker {worker_id}, step {step}:\n{traceback.format_exc()}"))

@@ -9,6 +9,8 @@ Layout (``STORE`` is a directory)::
     STORE/images/<image_id>/nuclei       optional nuclear-stain image (Y, X), same chunks
     STORE/images/<image_id>/points/<source>  point labels (N, 2) float32 (y, x), pixel centres at i + 0.5;
                                           attrs["weakseg"] = {provenance, axes, convention}
+    STORE/images/<image_id>/regions/<name>   optional region mask (Y, X) uint8, 1 = annotated (the points are
+                                          complete there); attrs["weakseg"] = {provenance, bbox}
     STORE/import_report.json             what an import skipped and why (when it skipped anything)
 
 The image index and ``complete: true`` are written to the root attributes last: a store whose import
@@ -210,6 +212,38 @@ class Store:
         """Store (or replace) a point set; safe when several processes write the same set at once."""
         self.info(image_id)
         write_points_array(self.path / _image_group_path(image_id), source, points, provenance)
+
+    def regions(self, image_id: str) -> list[str]:
+        """Names of the region masks stored for the image (see :mod:`weakseg.data.regions`)."""
+        self.info(image_id)
+        folder = self.path / _image_group_path(image_id) / "regions"
+        if not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.iterdir() if (p / "zarr.json").is_file() and not p.name.startswith("."))
+
+    def region(self, image_id: str, name: str = "annotated") -> Any | None:
+        """The region mask (Y, X) uint8 (1 = annotated), lazy; None when the image has no such region."""
+        from weakseg.data.regions import region_exists
+
+        self.info(image_id)
+        if not region_exists(self.path / _image_group_path(image_id), name):
+            return None
+        return self._open(f"{_image_group_path(image_id)}/regions/{name}")
+
+    def region_attrs(self, image_id: str, name: str = "annotated") -> dict[str, Any] | None:
+        """``{provenance, bbox}`` of a stored region (bbox: y0, y1, x0, x1), or None when it is absent."""
+        from weakseg.data.regions import region_attrs
+
+        self.info(image_id)
+        return region_attrs(self.path / _image_group_path(image_id), name)
+
+    def write_region(self, image_id: str, mask: Any, provenance: Mapping[str, Any], name: str = "annotated") -> None:
+        """Store (or replace) a region mask (Y, X), non-zero = annotated, or a rule (``RegionSpec``)."""
+        from weakseg.data.regions import write_region
+
+        info = self.info(image_id)
+        write_region(self.path / _image_group_path(image_id), name, mask, info.shape[-2:], provenance)
+        self._arrays.pop(f"{_image_group_path(image_id)}/regions/{name}", None)
 
     def summary(self) -> dict[str, Any]:
         """Counts for ``weakseg data info``: images, instances, points, groups and sizes per split."""

@@ -419,6 +419,8 @@ class Trainer:
         metrics["train/steps_per_s"] = steps_per_s
         metrics["train/images_per_s"] = steps_per_s * self.train_cfg.batch_size * self.ctx.world_size
         metrics["train/phase_index"] = float(self._phase_index(self.phase))
+        extra = getattr(unwrap(self.strategy), "interval_metrics", None)
+        metrics.update({f"train/{k}": float(v) for k, v in (extra() if callable(extra) else {}).items()})
         if self.ctx.is_main:
             self.tracker.log_metrics(metrics, self.step)
 

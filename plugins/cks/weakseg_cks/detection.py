@@ -159,6 +159,43 @@ def level_targets(
     return score.view(h, w), offset.view(2, h, w)
 
 
+def pu_negative_weight(prob: torch.Tensor, prior: float) -> torch.Tensor:
+    """Weight of an unlabelled pixel taught as background: its chance of really being background.
+
+    Positive-unlabelled learning (Elkan & Noto 2008): when a share ``prior`` of the cells has no
+    label, a classifier of labelled vs unlabelled with output p gives an unlabelled sample the chance
+    ``prior / (1 - prior) * p / (1 - p)`` of being a cell. The weight is 1 minus that, clipped to
+    [0, 1] (0 from p >= 1 - prior on), computed without gradient.
+    """
+    p = prob.detach().float().clamp(0.0, 1.0 - 1e-6)
+    return (1.0 - (prior / (1.0 - prior)) * p / (1.0 - p)).clamp(0.0, 1.0)
+
+
+def level_annotated(annotated: torch.Tensor, shape: tuple[int, int], stride: int) -> torch.Tensor:
+    """The annotated share (B, h, w) of each grid cell of a level, from the image-sized mask (B, H, W).
+
+    The principal pads images at the bottom and right; padding counts as annotated (it holds no cell).
+    """
+    h, w = shape
+    a = annotated.float()[:, None]
+    pad_y, pad_x = h * stride - a.shape[-2], w * stride - a.shape[-1]
+    a = F.pad(a, (0, max(pad_x, 0), 0, max(pad_y, 0)), value=1.0)[..., : h * stride, : w * stride]
+    return F.avg_pool2d(a, stride)[:, 0]
+
+
+def _negative_weights(
+    logit: torch.Tensor, score_t: torch.Tensor, stride: int, annotated: torch.Tensor | None, prior: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss weight, counted weight) per grid pixel (B, h, w): positives 1; negatives their annotated share,
+    times the PU weight when ``prior`` is set (the counted weight leaves the PU weight out)."""
+    region = torch.ones_like(score_t)
+    if annotated is not None:
+        region = level_annotated(annotated.to(score_t.device), tuple(score_t.shape[-2:]), stride)
+    counted = torch.where(score_t > 0, torch.ones_like(region), region)
+    neg = region if not prior else region * pu_negative_weight(torch.sigmoid(logit.float()), prior)
+    return torch.where(score_t > 0, torch.ones_like(neg), neg), counted
+
+
 def detection_loss_terms(
     logits: Sequence[torch.Tensor],
     regressions: Sequence[torch.Tensor],
@@ -169,28 +206,42 @@ def detection_loss_terms(
     gamma: float = 2.0,
     huber_delta: float = 1.0,
     localization_norm: str = "pixels",
+    annotated: torch.Tensor | None = None,
+    unlabelled_prior: float | None = None,
 ) -> dict[str, torch.Tensor]:
     """The paper's L_det (Eq. 3) as coded in the reference: ``{"focal": ..., "localization": ...}``.
 
     Focal BCE summed over every pixel of every level, Huber on the offsets of positive pixels
     (mean of the two coordinates); both divided by the total pixel count of the batch
     (``localization_norm="positives"`` divides the Huber sum by the positive count, as v0.3.0).
+
+    ``annotated`` (B, H, W), 1 where the points are complete: a negative grid pixel counts with its
+    annotated share (0 outside the region) and the pixel count becomes the counted weight.
+    ``unlabelled_prior``: negatives are also weighted by :func:`pu_negative_weight`.
     """
     batch = logits[0].shape[0]
     focal = logits[0].new_zeros((), dtype=torch.float32)
     huber = focal.clone()
-    n_pixels = 0
+    n_pixels: int | torch.Tensor = 0
     n_pos = focal.clone()
+    weighted = annotated is not None or bool(unlabelled_prior)
     for logit, reg, stride in zip(logits, regressions, strides, strict=True):
         h, w = logit.shape[-2:]
-        n_pixels += batch * h * w
         targets = [level_targets(points[b], (h, w), stride, roi) for b in range(batch)]
         score_t = torch.stack([t[0] for t in targets])  # (B, h, w)
         offset_t = torch.stack([t[1] for t in targets])  # (B, 2, h, w)
-        focal = focal + focal_bce_with_logits(logit[:, 0], score_t, gamma).sum()
+        if weighted:
+            weight, counted = _negative_weights(logit[:, 0], score_t, stride, annotated, unlabelled_prior)
+            focal = focal + (focal_bce_with_logits(logit[:, 0], score_t, gamma) * weight).sum()
+            n_pixels = n_pixels + counted.sum()
+        else:
+            n_pixels += batch * h * w
+            focal = focal + focal_bce_with_logits(logit[:, 0], score_t, gamma).sum()
         per_pixel = F.huber_loss(reg.float(), offset_t, reduction="none", delta=huber_delta).mean(1)
         huber = huber + (per_pixel * score_t).sum()
         n_pos = n_pos + score_t.sum()
+    if weighted:
+        n_pixels = torch.as_tensor(n_pixels, dtype=torch.float32, device=focal.device).clamp_min(1.0)
     if localization_norm == "positives":
         localization = huber / n_pos.clamp_min(1.0)
     else:
@@ -243,6 +294,29 @@ def select_detections(
     else:
         idx = torch.sort(scores, descending=True, stable=True).indices[:max_detections]
     return scores[idx], locations[idx]
+
+
+def pseudo_points(
+    detections: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    points: Sequence[torch.Tensor],
+    *,
+    threshold: float,
+    distance: float,
+) -> list[torch.Tensor]:
+    """Confident detections far from every labelled point: (K_b, 2) per image, for self-training.
+
+    A detection is kept when its score is at least ``threshold`` and no point of its image lies
+    within ``distance`` pixels (it would be that point's own detection).
+    """
+    out = []
+    for (scores, locs), pts in zip(detections, points, strict=True):
+        keep = scores >= threshold
+        locs = locs[keep].detach().float()
+        if locs.shape[0] and pts.shape[0]:
+            near = torch.cdist(locs, pts.to(locs).reshape(-1, 2)).min(1).values < distance
+            locs = locs[~near]
+        out.append(locs)
+    return out
 
 
 def match_training_locations(

@@ -184,14 +184,22 @@ class ForegroundConsistency(nn.Module):
         geom: CropGeometry,
         prior: torch.Tensor | None = None,
         images: torch.Tensor | None = None,
+        weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
         target = merged_principal_map(logits, geom, prior)
-        return self.from_target(fg_logits, target, images)
+        return self.from_target(fg_logits, target, images, weights)
 
     def from_target(
-        self, fg_logits: torch.Tensor, target: torch.Tensor, images: torch.Tensor | None = None
+        self,
+        fg_logits: torch.Tensor,
+        target: torch.Tensor,
+        images: torch.Tensor | None = None,
+        weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The loss against a given (detached) target probability map (B, H, W)."""
+        """The loss against a given (detached) target probability map (B, H, W).
+
+        ``weights`` (B, H, W) makes each image's mean a weighted mean (see :func:`foreground_weights`).
+        """
         fg_logits = fg_logits.float()
         target = target.detach().float()
         if self.kind == "linear":
@@ -199,7 +207,36 @@ class ForegroundConsistency(nn.Module):
             pixel = target * (1.0 - f) + (1.0 - target) * f
         else:
             pixel = F.binary_cross_entropy_with_logits(fg_logits, (target >= 0.5).float(), reduction="none")
-        return mean_over_images(pixel.flatten(1).mean(1), images)
+        if weights is None:
+            return mean_over_images(pixel.flatten(1).mean(1), images)
+        w = weights.detach().to(pixel)
+        per_image = (pixel * w).flatten(1).sum(1) / w.flatten(1).sum(1).clamp(min=1.0)
+        return mean_over_images(per_image, images)
+
+
+def foreground_weights(
+    geom: CropGeometry,
+    annotated: torch.Tensor | None,
+    fg_logits: torch.Tensor | None = None,
+    unlabelled_prior: float | None = None,
+) -> torch.Tensor | None:
+    """Per-pixel weights (B, H, W) of L_M when some cells may lack a point; None when all have one.
+
+    A pixel no instance crop covers is taught as background (the merged map is 0 there). That is
+    evidence only where the points are complete: outside the ``annotated`` region such pixels get
+    weight 0. With ``unlabelled_prior`` they also get the positive-unlabelled weight of the
+    collaborator's own foreground probability (:func:`~weakseg_cks.detection.pu_negative_weight`),
+    so a confident unlabelled cell is not pushed to background as hard. Covered pixels keep weight 1.
+    """
+    if annotated is None and not unlabelled_prior:
+        return None
+    from weakseg_cks.detection import pu_negative_weight
+
+    covered = coverage(geom)
+    w = torch.ones(covered.shape, device=covered.device) if annotated is None else annotated.float().to(covered.device)
+    if unlabelled_prior and fg_logits is not None:
+        w = w * pu_negative_weight(torch.sigmoid(fg_logits.detach().float()), unlabelled_prior)
+    return torch.where(covered, torch.ones_like(w), w)
 
 
 # --------------------------------------------------------------------------------------------
@@ -384,6 +421,7 @@ __all__ = [
     "InstanceConsistency",
     "SupervisedInstanceLoss",
     "crop_geometry",
+    "foreground_weights",
     "gaussian_prior",
     "mask_centroids",
     "merged_principal_map",

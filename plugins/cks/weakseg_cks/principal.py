@@ -175,8 +175,15 @@ class LacssPrincipal(nn.Module):
 
     forward = forward_train
 
-    def detection_loss_terms(self, out: PrincipalOutput, points: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """``{"focal": ..., "localization": ...}``: the two parts of :meth:`detection_loss`."""
+    def detection_loss_terms(
+        self, out: PrincipalOutput, points: Sequence[torch.Tensor], **weighting: Any
+    ) -> dict[str, torch.Tensor]:
+        """``{"focal": ..., "localization": ...}``: the two parts of :meth:`detection_loss`.
+
+        ``weighting``: ``annotated`` (B, H, W) and ``unlabelled_prior`` of
+        :func:`~weakseg_cks.detection.detection_loss_terms` (negatives outside annotated regions, or
+        confident ones, count less).
+        """
         if len(points) != out.batch_size:
             raise ValueError(f"got {len(points)} point sets for a batch of {out.batch_size} images")
         cfg = self.config
@@ -189,11 +196,12 @@ class LacssPrincipal(nn.Module):
             gamma=cfg.focal_gamma,
             huber_delta=cfg.huber_delta,
             localization_norm=cfg.localization_norm,
+            **weighting,
         )
 
-    def detection_loss(self, out: PrincipalOutput, points: Sequence[torch.Tensor]) -> torch.Tensor:
+    def detection_loss(self, out: PrincipalOutput, points: Sequence[torch.Tensor], **weighting: Any) -> torch.Tensor:
         """The paper's L_det (Eq. 3; reference ``lpn_loss``): focal BCE + Huber, scalar float32."""
-        terms = self.detection_loss_terms(out, points)
+        terms = self.detection_loss_terms(out, points, **weighting)
         return terms["focal"] + terms["localization"]
 
     @torch.no_grad()

@@ -14,6 +14,11 @@ back-propagates the sum of the named losses returned by ``forward``.
 - ``mixed``: images with masks get the supervised terms (and the collaborator foreground a BCE
   against the union of the masks), images with points only get the CKS terms.
 
+Partial point sets (``cks``): where a batch carries an ``annotated`` mask, detector negatives and
+collaborator background pixels no instance crop covers count only inside the annotated region;
+``unlabelled: {type: pu}`` lowers the weight of confident unlabelled pixels and ``pseudo_points``
+adds the principal's confident detections far from every point as extra points after a burn-in.
+
 The named losses: ``detection`` (L_det), ``foreground`` (L_M), ``instance`` (L_S), ``border`` (L_B),
 ``collapse`` (L_MC), ``mask`` (supervised BCE), ``foreground_supervised`` (collaborator BCE).
 """
@@ -32,9 +37,11 @@ from weakseg.errors import DataError, RecipeError
 from weakseg.recipe import LossSpec, raise_problems
 from weakseg.registry import close_matches
 from weakseg.strategy import StrategyModule
+from weakseg_cks.detection import pseudo_points
 from weakseg_cks.losses import (
     SupervisedInstanceLoss,
     crop_geometry,
+    foreground_weights,
     gaussian_prior,
     mask_centroids,
     supervised_foreground_loss,
@@ -165,11 +172,25 @@ class PrincipalStrategy(StrategyModule):
             "collaborator_border": torch.sigmoid(out.border[0].float()).cpu().numpy(),
         }
 
-    def _segment(self, batch: Batch, points: list[torch.Tensor], use_detections: bool):
-        """Principal forward, detection loss at ``points`` and the instance crops (+ their geometry)."""
+    def _segment(
+        self,
+        batch: Batch,
+        points: list[torch.Tensor],
+        use_detections: bool,
+        *,
+        weighting: dict[str, Any] | None = None,
+        extra_points: Any = None,
+    ):
+        """Principal forward, detection loss at ``points`` and the instance crops (+ their geometry).
+
+        ``weighting``: keyword arguments of the detection loss (annotated mask, PU prior);
+        ``extra_points(out, points)`` may add points (self-training) before the loss is computed.
+        """
         model = self.principal_model
         out = model.forward_train(batch.image)
-        detection = model.detection_loss(out, points)
+        if extra_points is not None:
+            points = extra_points(out, points)
+        detection = model.detection_loss(out, points, **weighting) if weighting else model.detection_loss(out, points)
         locations = model.training_locations(out, points) if use_detections else points
         crops = model.segment(out, locations)
         if len(crops) == 0:
@@ -196,9 +217,12 @@ class CksStrategy(PrincipalStrategy):
         *,
         sigma: Sequence[float],
         warmup_steps: int,
+        pseudo_after: int = 0,
     ) -> None:
         super().__init__(principal, collaborator)
         self.config = config
+        self.pseudo_after = int(pseudo_after)
+        self._pseudo_found, self._pseudo_images = 0, 0
         self.consistency = build_loss(config.consistency, "foreground", "consistency")
         self.instance_loss = build_loss(config.instance_loss, "instance", "instance_loss")
         self.border_loss = build_loss(LossSpec.of("border"), "border", "border")
@@ -234,25 +258,74 @@ class CksStrategy(PrincipalStrategy):
         group: torch.Tensor,
         step: int,
         images: torch.Tensor | None = None,
+        annotated: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """L_M, L_S, L_B, L_MC over the selected images (all by default)."""
+        """L_M, L_S, L_B, L_MC over the selected images (all by default).
+
+        ``annotated`` (B, H, W) and ``unlabelled`` weight L_M (:func:`~weakseg_cks.losses.foreground_weights`);
+        L_B only counts crop-covered pixels and L_S, L_MC live inside the crops, so they need no weights.
+        """
         warm = self.in_warmup(step)
         logits = crops.logits
+        prior_pu = self.config.unlabelled.prior if self.config.unlabelled is not None else None
+        weights = foreground_weights(geom, annotated, collab.foreground, prior_pu)
+        extra = {"weights": weights} if weights is not None else {}
         return {
             "foreground": self.consistency(
-                collab.foreground, logits, geom, self.prior(crops, geom, group, warm), images
+                collab.foreground, logits, geom, self.prior(crops, geom, group, warm), images, **extra
             ),
             "instance": self.instance_loss(logits, geom, collab.foreground, hard=warm, images=images),
             "border": self.config.border_weight * self.border_loss(logits, geom, collab.border, images),
             "collapse": self.collapse_loss(logits, geom, images),
         }
 
+    def detection_weighting(self, batch: Batch) -> dict[str, Any]:
+        """Keyword arguments of the detection loss for partial point sets (empty when points are complete)."""
+        weighting: dict[str, Any] = {}
+        if batch.annotated is not None:
+            weighting["annotated"] = batch.annotated
+        if self.config.unlabelled is not None:
+            weighting["unlabelled_prior"] = self.config.unlabelled.prior
+        return weighting
+
+    def _pseudo_points_hook(self, batch: Batch, step: int) -> Any:
+        """``extra_points(out, points)`` adding confident detections as points, or None (off or burn-in)."""
+        cfg = self.config.pseudo_points
+        if cfg is None:
+            return None
+        self._pseudo_images += int(batch.image.shape[0])
+        if step < self.pseudo_after:
+            return None
+
+        def add(out: Any, points: list[torch.Tensor]) -> list[torch.Tensor]:
+            detections = self.principal_model.detect(out, min_score=cfg.threshold)
+            found = pseudo_points(detections, points, threshold=cfg.threshold, distance=cfg.distance)
+            self._pseudo_found += sum(int(f.shape[0]) for f in found)
+            return [torch.cat([p, f.to(p)]) for p, f in zip(points, found, strict=True)]
+
+        return add
+
+    def interval_metrics(self) -> dict[str, float]:
+        """``pseudo_points``: mean pseudo points per training image since the last call (self-training on)."""
+        if self.config.pseudo_points is None:
+            return {}
+        mean = self._pseudo_found / max(self._pseudo_images, 1)
+        self._pseudo_found, self._pseudo_images = 0, 0
+        return {"pseudo_points": mean}
+
     def forward(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
         points = points_on(batch.image, batch.points)
-        detection, crops, geom = self._segment(batch, points, self.config.use_detections)
+        detection, crops, geom = self._segment(
+            batch,
+            points,
+            self.config.use_detections,
+            weighting=self.detection_weighting(batch),
+            extra_points=self._pseudo_points_hook(batch, step),
+        )
         group = self._group(batch)
         collab = self.collaborator(batch.image, group)
-        return {"detection": detection, **self.cks_losses(crops, geom, collab, group, step)}
+        losses = self.cks_losses(crops, geom, collab, group, step, annotated=batch.annotated)
+        return {"detection": detection, **losses}
 
 
 def _mask_targets(batch: Batch, strategy: str, required: bool) -> tuple[list, list, torch.Tensor]:
@@ -351,6 +424,13 @@ def build_cks(config: CksStrategyConfig, recipe: Any, data: DataSummary) -> CksS
     schedule = _schedule(config, recipe, data)
     principal = build_principal(recipe, data, "cks")
     collaborator = build_collaborator(recipe, data, "cks")
+    if config.pseudo_points is not None:
+        if not callable(getattr(principal, "detect", None)):
+            raise RecipeError(
+                f"recipe.strategy.pseudo_points: principal head {recipe.model.head.type!r} has no detect(); "
+                "use head type 'lacss' or remove pseudo_points"
+            )
+        schedule["pseudo_after"] = int(round(config.pseudo_points.after * recipe.train.steps))
     return CksStrategy(principal, collaborator, config, **schedule)
 
 
@@ -365,6 +445,12 @@ def build_supervised(config: SupervisedStrategyConfig, recipe: Any, data: DataSu
 
 
 def build_mixed(config: MixedStrategyConfig, recipe: Any, data: DataSummary) -> MixedStrategy:
+    for key in ("unlabelled", "pseudo_points"):
+        if getattr(config, key) is not None:
+            raise RecipeError(
+                f"recipe.strategy.{key}: strategy 'mixed' trains images with masks, whose cells are all labelled; "
+                f"{key} is an option of strategy 'cks' (remove it here)"
+            )
     schedule = _schedule(config, recipe, data)
     principal = build_principal(recipe, data, "mixed")
     collaborator = build_collaborator(recipe, data, "mixed")

@@ -255,6 +255,37 @@ def loss_problems(spec: LossSpec, role: str, key: str) -> list[tuple[str, str]]:
     )]
 
 
+def _open_fraction(instance: Any, attribute: attrs.Attribute, value: float) -> None:
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"{attribute.name} must lie strictly between 0 and 1, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class UnlabelledConfig:
+    """How unlabelled pixels inside annotated areas are taught: ``{type: pu, prior: 0.2}``.
+
+    ``pu`` (positive-unlabelled): a grid pixel of the detector, or a collaborator pixel no instance
+    crop covers, that the model already finds confidently foreground is taught as background with
+    weight 1 - prior / (1 - prior) * p / (1 - p) (0 from p >= 1 - prior on), not 1.
+    """
+
+    type: Literal["pu"] = "pu"
+    #: Share of the cells in annotated areas expected to lack a point (missed clicks, dim nuclei).
+    prior: float = attrs.field(default=0.2, validator=_open_fraction)
+
+
+@attrs.frozen(kw_only=True)
+class PseudoPointsConfig:
+    """Self-training: after a burn-in, confident detections far from every point become extra points."""
+
+    #: Burn-in: pseudo points are added from this fraction of ``train.steps`` on.
+    after: float = attrs.field(default=0.3, validator=[attrs.validators.ge(0.0), attrs.validators.le(1.0)])
+    #: A detection of the principal model becomes a pseudo point when its score is at least this.
+    threshold: float = attrs.field(default=0.8, validator=_open_fraction)
+    #: ... and no labelled point lies within this many pixels (it would be that point's detection).
+    distance: float = attrs.field(default=12.0, validator=attrs.validators.gt(0))
+
+
 @attrs.frozen(kw_only=True)
 class CksStrategyConfig:
     """Collaborative Knowledge Sharing from point labels: principal + collaborator, warm-up then soft phase.
@@ -281,6 +312,13 @@ class CksStrategyConfig:
     border_weight: float = attrs.field(default=1.0, validator=non_negative)
     #: Segment at the best detection within the head's match radius of each point (the reference), not the point.
     use_detections: bool = True
+    #: Cells inside annotated areas may lack a point: ``{type: pu, prior: 0.2}`` teaches confident
+    #: unlabelled pixels as background with a lower weight (detector and collaborator); null: full weight.
+    unlabelled: UnlabelledConfig | None = None
+    #: Self-training, e.g. ``{after: 0.3, threshold: 0.8}``: from that fraction of the steps on, the
+    #: principal's detections scoring >= threshold far from every point train as extra points
+    #: (their mean number per image is logged as ``train/pseudo_points``); null: off.
+    pseudo_points: PseudoPointsConfig | None = None
 
     def check(self, recipe: Any) -> list[tuple[str, str]]:
         """A principal model, a collaborator, and losses of the right role for ``consistency`` / ``instance_loss``."""
