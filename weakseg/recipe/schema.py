@@ -83,7 +83,8 @@ class DataConfig:
     #: Name of the validation split, for reference only: what a run evaluates is ``eval.split``.
     val_split: str = "val"
     #: Where the training points come from, e.g. ``centroids`` of the masks, ``nuclei`` blobs on a nuclear
-    #: channel, ``csv`` (the imported points) or ``jitter``.
+    #: channel, ``csv`` (the imported points), ``jitter`` (moved / dropped points) or ``region`` (another
+    #: source's points inside a region, which is then marked as the annotated part of the image).
     label_source: LabelSourceSpec = attrs.field(factory=lambda: LabelSourceSpec.of("centroids"))
     #: Side of the square training crops, in pixels after rescaling; smaller images are padded. Each image
     #: gives about (scaled area / crop area) crops per epoch; larger crops add context and memory.
