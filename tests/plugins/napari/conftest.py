@@ -57,6 +57,11 @@ def viewer(qt_display, request):
     """A real napari Viewer (not shown) under pytest-qt, closed after the test."""
     require("pytestqt")
     napari = require("napari")
+    # torchvision loads triton, which bundles an LLVM; loaded after Mesa's OpenGL (which has its own) it
+    # crashes the process. The widget keeps torch out of napari's process, but the rest of the suite
+    # trains in this one: load it before the first viewer draws.
+    import torchvision  # noqa: F401
+
     qtbot = request.getfixturevalue("qtbot")
     v = napari.Viewer(show=False)
     yield v

@@ -47,3 +47,12 @@ def test_pyproject_ships_the_manifest_as_an_entry_point_and_package_data():
     extra = meta["project"]["optional-dependencies"]["napari"]
     assert any(req.startswith("napari[") for req in extra) and any(req.startswith("npe2") for req in extra)
     assert not any("napari" in dep for dep in meta["project"]["dependencies"])  # the core install stays light
+
+
+def test_docs_page_shows_the_committed_screenshot_and_the_readme_links_it():
+    page = (REPO / "docs" / "napari.md").read_text()
+    assert "](images/napari_widget.png)" in page
+    picture = REPO / "docs" / "images" / "napari_widget.png"
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and picture.stat().st_size > 20_000
+    readme = (REPO / "README.md").read_text()
+    assert "[docs/napari.md](docs/napari.md)" in readme and 'pip install -e ".[napari]"' in readme

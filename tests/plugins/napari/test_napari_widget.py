@@ -134,3 +134,32 @@ def test_widget_trains_from_points_layers_then_retrains_from_its_model(viewer, q
     qtbot.waitUntil(lambda: widget.worker is None, timeout=300_000)
     assert viewer.layers["cells cells"].data.shape == (64, 64), widget.status.text()
     assert "cells:" in widget.status.text()
+
+
+def test_viewer_opens_a_store_and_saves_points_through_the_plugin_manifest(viewer, tmp_path):
+    """napari itself picks the plugin's reader for a store folder and its writer for a points layer."""
+    import npe2
+    import tifffile
+    from inference.blob_model import disc_image
+
+    from weakseg.inference.correct import import_points_store, read_points, write_points_csv
+
+    manager = npe2.PluginManager.instance()
+    if "weakseg" not in manager:  # installed: found through the napari.manifest entry point
+        manifest = Path(__file__).resolve().parents[3] / "plugins" / "napari" / "weakseg_napari" / "napari.yaml"
+        manager.register(npe2.PluginManifest.from_file(manifest))
+    image, _truth = disc_image((48, 64), 3, seed=5)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    tifffile.imwrite(folder / "dish.tif", image[0])
+    write_points_csv(folder / "dish.csv", np.array([[10.0, 12.0], [30.0, 40.0]]))
+    store = import_points_store(folder, tmp_path / "dish.zarr")
+
+    layers = viewer.open(str(store), plugin="weakseg")
+    assert [layer.name for layer in layers] == ["dish", "dish csv"]
+    np.testing.assert_allclose(viewer.layers["dish csv"].data, [[10.0, 12.0], [30.0, 40.0]], atol=1e-5)
+
+    viewer.layers["dish csv"].add([[20.0, 5.0]])
+    saved = viewer.layers["dish csv"].save(str(tmp_path / "edited.csv"), plugin="weakseg")
+    assert saved == [str(tmp_path / "edited.csv")]
+    np.testing.assert_allclose(read_points(tmp_path / "edited.csv"), [[10.5, 12.5], [30.5, 40.5], [20.5, 5.5]])
