@@ -19,6 +19,16 @@ def require(module: str):
     return pytest.importorskip(module, reason=f"{module} is not installed: pip install -e '.[napari,test]'")
 
 
+def _die_with_parent() -> None:
+    """In the child: ask Linux to end it when the test process ends, even if that process crashes."""
+    import contextlib
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+
+
 def start_xvfb() -> tuple[subprocess.Popen, str] | None:
     """An Xvfb server on a free display number: (process, ":N"), or None when Xvfb is not installed."""
     xvfb = shutil.which("Xvfb")
@@ -30,6 +40,7 @@ def start_xvfb() -> tuple[subprocess.Popen, str] | None:
         pass_fds=(write,),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        preexec_fn=_die_with_parent,
     )
     os.close(write)
     with os.fdopen(read) as fh:
