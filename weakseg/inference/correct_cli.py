@@ -9,7 +9,7 @@ folder as training data::
     weakseg correct runs/mine new_images/ -o edit/
     # ... correct edit/*.csv ...
     weakseg data import points edit/ -o stores/corrected.zarr
-    weakseg run mine.yaml --set data.store=stores/corrected.zarr --set model.init_from=runs/mine
+    weakseg run mine.yaml --set name=mine-2 --set data.store=stores/corrected.zarr --set model.init_from=runs/mine
 
 ``weakseg.inference.correct.train_from_points`` does the last two steps for images of several rounds.
 """
