@@ -1,4 +1,4 @@
-"""The ``weakseg`` command line: run | recipes | plugins | data | evaluate | predict.
+"""The ``weakseg`` command line: run | recipes | plugins | data | evaluate | predict | correct.
 
 User errors (:class:`weakseg.WeaksegError`) print one message and exit with code 2, no traceback.
 Subcommands of the data, evaluation and inference layers live in their own ``cli`` modules, each
@@ -18,7 +18,13 @@ from weakseg import __version__
 from weakseg.errors import WeaksegError
 
 #: Modules that add subcommands: each has ``register(subparsers) -> None``.
-SUBCOMMAND_MODULES = ("weakseg.engine.cli", "weakseg.data.cli", "weakseg.eval.cli", "weakseg.inference.cli")
+SUBCOMMAND_MODULES = (
+    "weakseg.engine.cli",
+    "weakseg.data.cli",
+    "weakseg.eval.cli",
+    "weakseg.inference.cli",
+    "weakseg.inference.correct_cli",
+)
 
 
 def recipe_dirs() -> list[Path]:
