@@ -82,3 +82,34 @@ def test_palette_png_indices_for_labels_colours_for_prediction(tmp_path):
     rgb = io.read_image(tmp_path / "p.png")
     assert rgb.shape == (3, 40, 50)
     np.testing.assert_array_equal(rgb[0], np.where(indices == 1, 255, 0))
+
+
+def test_compressed_tiffs_import_into_a_store_through_the_cli(tmp_path):
+    """``weakseg data import folder`` reads LZW and deflate images and label images (Fiji's usual compressions)."""
+    import subprocess
+    import sys
+
+    from weakseg.data.store import open_store
+
+    src = tmp_path / "src"
+    (src / "images").mkdir(parents=True)
+    (src / "labels").mkdir()
+    rng = np.random.default_rng(1)
+    expected = {}
+    for compression in ("lzw", "deflate"):
+        img = rng.integers(0, 255, size=(48, 56)).astype(np.uint8)
+        lab = np.zeros((48, 56), np.uint16)
+        lab[5:15, 5:15], lab[25:40, 30:50] = 1, 2
+        tifffile.imwrite(src / "images" / f"{compression}.tif", img, compression=compression)
+        tifffile.imwrite(src / "labels" / f"{compression}.tif", lab, compression=compression)
+        expected[compression] = (img, lab)
+    out = tmp_path / "s.zarr"
+    proc = subprocess.run(
+        [sys.executable, "-m", "weakseg", "data", "import", "folder", str(src), "-o", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    store = open_store(out)
+    for compression, (img, lab) in expected.items():
+        np.testing.assert_array_equal(np.asarray(store.image(compression))[0], img)
+        np.testing.assert_array_equal(np.asarray(store.labels(compression)), lab)

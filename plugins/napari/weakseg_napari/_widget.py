@@ -171,7 +171,7 @@ class WeaksegWidget(QWidget):
     # ------------------------------------------------------------------ prediction
 
     def _work(self) -> Path:
-        """The work folder: the chosen one, else a temporary folder kept for the session."""
+        """The work folder: the chosen one, else a temporary folder kept while napari runs."""
         if self.work_dir is None:
             chosen = self.output.text().strip()
             self.work_dir = Path(chosen) if chosen else Path(tempfile.mkdtemp(prefix="weakseg-napari-"))
