@@ -19,6 +19,7 @@ from weakseg.errors import WeaksegError
 
 #: Modules that add subcommands: each has ``register(subparsers) -> None``.
 SUBCOMMAND_MODULES = ("weakseg.engine.cli", "weakseg.data.cli", "weakseg.eval.cli", "weakseg.inference.cli")
+SUBCOMMAND_MODULES += ("weakseg.inference.size_fit",)  # weakseg size-model
 
 
 def recipe_dirs() -> list[Path]:
