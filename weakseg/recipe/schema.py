@@ -69,6 +69,11 @@ class AugmentConfig:
     #: [low, high] of the random gamma (both above 0), drawn log-uniformly and applied to intensities mapped
     #: to [0, 1] by the image's 0.1-99.9 percentile range, before standardisation; ``[1.0, 1.0]`` turns it off.
     gamma: tuple[float, float] = attrs.field(default=(0.5, 2.0), validator=positive_range)
+    #: Largest factor by which half the crops are shrunk (antialiased) and enlarged back, drawn log-uniformly
+    #: in [1, resample]: fine detail is lost as in a lower-magnification image resized to the training cell
+    #: size, so that a model trained on high-magnification images also serves low-magnification ones. 1.0
+    #: (default) turns it off.
+    resample: float = attrs.field(default=1.0, validator=attrs.validators.ge(1.0))
 
 
 @attrs.frozen(kw_only=True)
