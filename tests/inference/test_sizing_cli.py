@@ -87,14 +87,15 @@ def test_predict_and_evaluate_choose_the_same_diameter_and_the_cli_option_wins(r
     image_id, image = _val_image(tmp)
     (tmp / "in").mkdir(exist_ok=True)
     tifffile.imwrite(tmp / "in" / f"{image_id}.tif", image[0])
-    proc = _cli("predict", str(result.checkpoint), str(tmp / "in"), "-o", str(tmp / "out"), "--device", "cpu", "--quiet")
+    ckpt, device = str(result.checkpoint), ("--device", "cpu")
+    proc = _cli("predict", ckpt, str(tmp / "in"), "-o", str(tmp / "out"), *device, "--quiet")
     assert proc.returncode == 0, proc.stderr
     (record,) = json.loads((tmp / "out" / "summary.json").read_text())["predicted"]
     assert record["sizing"] == "size model" and record["diameter"] > 0
     assert record["scale"] == pytest.approx(14.0 / record["diameter"], rel=1e-3)
     assert "data.rescale: image" not in proc.stderr  # the size model replaces the group-factor warning
 
-    proc = _cli("evaluate", str(result.checkpoint), str(tmp / "store.zarr"), "--split", "val", "--device", "cpu", "--json")
+    proc = _cli("evaluate", ckpt, str(tmp / "store.zarr"), "--split", "val", *device, "--json")
     assert proc.returncode == 0, proc.stderr
     sized = json.loads(proc.stdout)["images"][image_id]
     assert sized["sizing"] == "size model" and sized["diameter"] == pytest.approx(record["diameter"], rel=1e-3)
