@@ -105,8 +105,18 @@ def test_predict_and_evaluate_choose_the_same_diameter_and_the_cli_option_wins(r
     assert proc.returncode == 0, proc.stderr
     (record,) = json.loads((tmp / "out20" / "summary.json").read_text())["predicted"]
     assert (record["sizing"], record["diameter"], record["scale"]) == ("diameter", 20.0, pytest.approx(0.7))
-    proc = _cli("evaluate", str(result.checkpoint), str(tmp / "store.zarr"), "--split", "val", "--device", "cpu",
-                "--json", "--scale", "0.9")
+    proc = _cli(
+        "evaluate",
+        str(result.checkpoint),
+        str(tmp / "store.zarr"),
+        "--split",
+        "val",
+        "--device",
+        "cpu",
+        "--json",
+        "--scale",
+        "0.9",
+    )
     assert json.loads(proc.stdout)["images"][image_id]["scale"] == 0.9
 
 

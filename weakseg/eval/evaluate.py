@@ -70,9 +70,8 @@ def evaluate_strategy(
         keep_sample: keep the first image and its prediction in ``result.sample`` (for the panel).
         progress: called as ``progress(n_done, image_id)`` after each image.
         input_scale: the run's :class:`~weakseg.data.scales.InputScale` (measured on the store when None).
-        sizer: an :class:`~weakseg.inference.scale.ImageSizer` (what ``weakseg predict`` uses for the same
-            checkpoint): each image is resized as it says instead of by the store's measured factor, and
-            ``result.images`` names each image's factor and cell diameter.
+        sizer: an :class:`~weakseg.inference.scale.ImageSizer` (as ``weakseg predict`` uses): images are
+            resized as it says, not by the store's measured factor, and named in ``result.images``.
     """
     import torch
 
@@ -87,7 +86,7 @@ def evaluate_strategy(
         module.principal(), device, predictor_kwargs, score_threshold=score_threshold, masks=masks,
         mask_threshold=mask_threshold, sweep=sweep, keep_sample=keep_sample and rank == 0, progress=progress,
     )
-    run.sizer = sizer
+    run.sizer = sizer  # the same sizing as prediction, when given
     try:
         with torch.no_grad():
             images = iter_eval_images(data_cfg, split, max_images, scale=input_scale)
@@ -111,8 +110,7 @@ def evaluate_strategy(
         n_unlabeled=run.n_unlabeled,
         sample=run.sample,
         mask_threshold=float(mask_threshold),
-        sweep={t: extra.compute() for t, extra in run.sweep_accs.items()},
-        images=run.sizes,
+        sweep={t: extra.compute() for t, extra in run.sweep_accs.items()}, images=run.sizes,
     )
 
 

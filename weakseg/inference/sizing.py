@@ -56,9 +56,10 @@ def spectrum_features(x: torch.Tensor) -> torch.Tensor:
     g = x.float().mean(0)
     g = g - g.mean()
     h, w = g.shape
-    win = torch.hann_window(h, periodic=False, device=g.device)[:, None] * torch.hann_window(
-        w, periodic=False, device=g.device
-    )[None, :]
+    win = (
+        torch.hann_window(h, periodic=False, device=g.device)[:, None]
+        * torch.hann_window(w, periodic=False, device=g.device)[None, :]
+    )
     power = torch.fft.rfft2(g * win).abs() ** 2
     fy = torch.fft.fftfreq(h, device=g.device)[:, None]
     fx = torch.fft.rfftfreq(w, device=g.device)[None, :]
