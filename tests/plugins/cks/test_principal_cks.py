@@ -207,7 +207,7 @@ def test_paper_size_parameter_count():
 
 def test_features_are_the_fpn_maps_of_the_padded_image(model):
     """What the size model (weakseg.inference.sizing) reads: one map per stride, as forward_train computes."""
-    image = torch.randn(1, 1, 70, 45)
+    image = torch.randn(1, 2, 70, 45)
     with torch.no_grad():
         maps = model.features(image)
         out = model.forward_train(image)
