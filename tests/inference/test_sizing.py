@@ -146,3 +146,19 @@ def test_evaluate_sizes_by_group_where_predict_has_no_group():
     sizer = image_sizer(ckpt, groups_known=True)
     assert sizer.size(np.zeros((1, 8, 8)), "b").scale == 2.0 and sizer.size(np.zeros((1, 8, 8)), "b").diameter == 5.0
     assert image_sizer(ckpt, groups_known=True, scale=3.0).size(np.zeros((1, 8, 8)), "b").scale == 3.0
+
+
+def test_an_estimate_stays_within_a_bounded_factor_of_the_training_size():
+    """A blank image (or one the model has never seen the like of) cannot ask for a runaway resize."""
+    import torch
+
+    from weakseg.inference.sizing import MAX_FACTOR, N_BANDS, SizeModel, estimate_diameter
+
+    class Flat:
+        def features(self, image):
+            return [torch.zeros(1, 4, 2, 2)]
+
+    n = N_BANDS + 4  # the spectrum bands and the 4 channels of the one map
+    for predicted, bound in ((1e6, 10.0 * MAX_FACTOR), (1e-6, 10.0 / MAX_FACTOR)):
+        model = SizeModel(np.zeros(n), math.log(predicted), np.zeros(n), np.ones(n), 10.0)
+        assert estimate_diameter(Flat(), model, np.zeros((1, 50, 60), np.float32)) == pytest.approx(bound)

@@ -141,6 +141,7 @@ def _cmd_size_model(args: argparse.Namespace) -> int:
     import attrs
 
     from weakseg.checkpoint import load_strategy
+    from weakseg.data.scales import InputScale
     from weakseg.devices import resolve_device
     from weakseg.errors import WeaksegError
     from weakseg.inference.scale import checkpoint_input_scale
@@ -155,8 +156,6 @@ def _cmd_size_model(args: argparse.Namespace) -> int:
             raise WeaksegError(f"--store {args.store}: does not exist; pass a store written by `weakseg data import`")
         cfg = attrs.evolve(cfg, store=str(args.store), synthetic=None)
     scale = checkpoint_input_scale(ckpt)
-    from weakseg.data.scales import InputScale
-
     model = fit_size_model(
         strategy.principal(),
         cfg,

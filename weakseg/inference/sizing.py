@@ -42,6 +42,9 @@ LOG2_RANGE = 1.5
 PASSES = 3
 #: Crops averaged per pass: up to this many along each axis (a 3 x 3 grid on large images).
 CROPS_PER_AXIS = 3
+#: Estimates are kept within this factor of the training cell diameter (a blank or odd image cannot ask
+#: for a resize that would blow up memory).
+MAX_FACTOR = 16.0
 _RIDGE = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
 
 
@@ -210,7 +213,8 @@ def estimate_diameter(
     """Typical cell diameter (pixels of ``image``) of a raw (C, H, W) array or view with ``read``.
 
     ``start`` is the first resize factor (the training factor); each later pass resizes by
-    ``cell_diameter`` / the previous estimate (see the module docstring).
+    ``cell_diameter`` / the previous estimate (see the module docstring). The estimate stays within
+    :data:`MAX_FACTOR` of ``cell_diameter`` either way.
     """
     _, h, w = (int(v) for v in image.shape)
     factor = float(start)
@@ -223,5 +227,6 @@ def estimate_diameter(
             x = resized(np.asarray(region, np.float32), factor, device)
             logs.append(model.predict_log(crop_features(principal, x)))
         diameter = math.exp(float(np.mean(logs))) / factor
+        diameter = min(max(diameter, model.cell_diameter / MAX_FACTOR), model.cell_diameter * MAX_FACTOR)
         factor = model.cell_diameter / diameter
     return float(diameter)
