@@ -118,6 +118,10 @@ def test_predict_and_evaluate_choose_the_same_diameter_and_the_cli_option_wins(r
         "0.9",
     )
     assert json.loads(proc.stdout)["images"][image_id]["scale"] == 0.9
+    # scoring at the store's measured cell sizes, as before automatic sizing, is still there
+    proc = _cli("evaluate", ckpt, str(tmp / "store.zarr"), "--split", "val", *device, "--json", "--known-sizes")
+    assert proc.returncode == 0, proc.stderr
+    assert "images" not in json.loads(proc.stdout)
 
 
 def test_load_sizes_each_image_and_a_checkpoint_without_a_size_model_behaves_as_before(run, tmp_path):

@@ -5,7 +5,8 @@ model on a split of a store with ground-truth masks and prints the metrics per g
 and overall: a table by default, the JSON document of :meth:`EvalResult.to_json` with ``--json``.
 The recipe's data settings are kept; only the store changes. Images are resized as ``weakseg predict``
 resizes them for the same checkpoint (:func:`weakseg.inference.scale.image_sizer`: ``--scale`` or
-``--diameter``, else the checkpoint's size model per image, else its training factor).
+``--diameter``, else the checkpoint's size model per image, else its training factor); ``--known-sizes``
+resizes each image by the cell size measured on the store instead.
 Cheap to import: torch loads when the command runs.
 """
 
@@ -59,6 +60,10 @@ def register(subparsers: Any) -> None:
         "--diameter", type=float, default=None, metavar="D",
         help="typical cell diameter of the images in pixels (default: as `weakseg predict` sizes them)",
     )
+    size.add_argument(
+        "--known-sizes", action="store_true",
+        help="resize each image by the cell size measured on the store (its masks), as if each diameter were given",
+    )
     p.add_argument("--groups", nargs="+", metavar="GROUP", help="only these groups (cell lines)")
     p.add_argument("--batch-size", type=int, default=4, help="images or tiles per forward pass")
     p.add_argument("--tile-size", type=int, default=1024, help="tile edge in model-input pixels")
@@ -88,7 +93,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     data_cfg = attrs.evolve(recipe.data, store=str(store), synthetic=None, groups=tuple(args.groups or ()))
     threshold = args.score_threshold if args.score_threshold is not None else recipe.eval.score_threshold
     mask_threshold = args.mask_threshold if args.mask_threshold is not None else recipe.eval.mask_threshold
-    sizer = image_sizer(
+    sizer = None if args.known_sizes else image_sizer(
         ckpt, strategy.principal(), scale=args.scale, diameter=args.diameter, device=device, groups_known=True
     )
 
@@ -125,7 +130,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(result.to_json())
     else:
         print(result.table(), end="")
-        if sizer.per_image:
+        if sizer is not None and sizer.per_image:
             print(result.sizes_table(), end="")
         if result.sweep:
             print(f"overall metrics by mask threshold (split {args.split!r}; * = best AP50):")
