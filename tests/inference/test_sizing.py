@@ -45,8 +45,9 @@ def tiny_principal():
 
 @pytest.mark.slow  # 16 synthetic images, 256 crops through a tiny backbone, 9 held-out estimates: ~30 s
 def test_size_model_recovers_a_known_rescale_of_held_out_synthetic_cells(tmp_path):
-    """Fitted on random-weight ConvNeXt-atto features plus power-spectrum bands, on training crops at random
-    rescales: held-out images (another seed) rescaled by known factors are estimated within 15 %."""
+    """Fitted on random-weight ConvNeXt-atto features plus power-spectrum bands (cross-validation keeps the
+    bands alone here), on training crops at random rescales: for held-out images (another seed) rescaled by
+    known factors, the rescale is recovered within 15 % and the diameter within 15 % (median)."""
     from scipy.ndimage import zoom
 
     from weakseg.data import cellsize
@@ -75,13 +76,13 @@ def test_size_model_recovers_a_known_rescale_of_held_out_synthetic_cells(tmp_pat
         ratio_errors.append(abs(found[1.6] / found[0.6] / (1.6 / 0.6) - 1))
     assert max(ratio_errors) < 0.15, ratio_errors  # the rescale between two views of an image is recovered
     assert float(np.median(errors)) < 0.15, errors  # and the diameter itself
-    assert max(errors) < 0.3, errors
+    assert max(errors) < 0.35, errors  # no image far off
 
 
 def test_size_model_round_trips_through_a_weights_only_checkpoint_entry(tmp_path):
     import torch
 
-    from weakseg.inference.sizing import SizeModel, fit_ridge
+    from weakseg.inference.sizing import N_BANDS, SizeModel, fit_ridge, fit_size_regression
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(60, 5))
@@ -94,6 +95,14 @@ def test_size_model_round_trips_through_a_weights_only_checkpoint_entry(tmp_path
     assert back.predict_log(x[0]) == pytest.approx(model.predict_log(x[0]))
     assert back.predict_log(x[0]) == pytest.approx(y[0], abs=0.05)
     assert SizeModel.from_dict(None) is None and SizeModel.from_dict({"format": "other"}) is None
+
+    # columns past the spectrum bands that are only noise are dropped by the cross-validation
+    bands = rng.normal(size=(60, N_BANDS))
+    noisy = np.hstack([bands, rng.normal(size=(60, 40))])
+    target = bands[:, 0] * 0.3 + 2.0
+    chosen = fit_size_regression(noisy, target, 20.0, groups=np.arange(60) % 6)
+    assert not chosen.weights[N_BANDS:].any() and chosen.error < 0.05
+    assert chosen.predict_log(noisy[1]) == pytest.approx(target[1], abs=0.05)
 
 
 class _Ckpt:

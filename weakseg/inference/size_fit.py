@@ -21,7 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from weakseg.inference.sizing import CROP, LOG2_RANGE, SizeModel, crop_features, features_of, fit_ridge, resized
+from weakseg.inference.sizing import (
+    CROP,
+    LOG2_RANGE,
+    SizeModel,
+    crop_features,
+    features_of,
+    fit_size_regression,
+    resized,
+)
 
 #: Training crops of a size model.
 N_SAMPLES = 256
@@ -93,7 +101,7 @@ def fit_size_model(
     finally:
         if hasattr(principal, "train"):
             principal.train(was_training)
-    return fit_ridge(np.stack(rows), np.asarray(logs), trained_at, sources, seed)
+    return fit_size_regression(np.stack(rows), np.asarray(logs), trained_at, sources, seed)
 
 
 def add_size_model(path: str | Path, model: SizeModel) -> Path:

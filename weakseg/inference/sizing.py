@@ -9,8 +9,9 @@ Features of a (C, H, W) standardised crop: the global average of each channel of
 of the principal's backbone (``principal.features(image) -> list of (B, F, h, w)``, finest first; a
 strategy whose principal does not offer ``features`` gets no size model), plus the share of the image's
 power in log-spaced bands of spatial frequency (a direct, training-free cue: halving the cell size
-moves the power one band up). A ridge regression on the standardised features, with its strength
-chosen by cross-validation, predicts the log diameter.
+moves the power one band up). A ridge regression on the standardised features (or on the bands alone,
+when cross-validation finds the backbone features add nothing but noise), with its strength chosen by
+cross-validation, predicts the log diameter.
 
 Estimation runs in passes: the image is resized by a first factor (the training factor), the diameter
 estimated there, and the image resized again to the training cell size by that estimate and measured
@@ -186,6 +187,30 @@ def fit_ridge(
             best = (err, lam)
     w, b = _solve(z, y, best[1])
     return SizeModel(w, b, mean, std, float(cell_diameter), best[0], len(y))
+
+
+def fit_size_regression(
+    x: np.ndarray, y: np.ndarray, cell_diameter: float, groups: Sequence[int] | None = None, seed: int = 0
+) -> SizeModel:
+    """:func:`fit_ridge` on all features and on the power-spectrum bands alone (the first :data:`N_BANDS`
+    columns); the one with the lower cross-validated error is kept (the other columns then weigh 0).
+
+    Backbone features help when the backbone has learnt what cells look like; from a barely trained one
+    they mostly add noise, and the cross-validation sees which is the case.
+    """
+    full = fit_ridge(x, y, cell_diameter, groups, seed)
+    x = np.asarray(x, np.float64)
+    if x.shape[1] <= N_BANDS:
+        return full
+    bands = fit_ridge(x[:, :N_BANDS], y, cell_diameter, groups, seed)
+    if not bands.error < full.error:
+        return full
+    n = x.shape[1]
+    weights = np.zeros(n)
+    weights[:N_BANDS] = bands.weights
+    mean, std = np.zeros(n), np.ones(n)
+    mean[:N_BANDS], std[:N_BANDS] = bands.mean, bands.std
+    return attrs.evolve(bands, weights=weights, mean=mean, std=std)
 
 
 def _solve(z: np.ndarray, y: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
