@@ -24,6 +24,7 @@ SUBCOMMAND_MODULES = (
     "weakseg.eval.cli",
     "weakseg.inference.cli",
     "weakseg.inference.correct_cli",
+    "weakseg.inference.size_fit",  # weakseg size-model
 )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -13,6 +15,7 @@ from weakseg.data.augment import (
     cut_instances,
     draw_intensity,
     draw_transform,
+    resample,
 )
 from weakseg.data.normalize import standardize
 from weakseg.recipe import AugmentConfig
@@ -161,3 +164,30 @@ def test_draws_respect_the_config():
     off = AugmentConfig(flips=False, rot90=False)
     tfs = [draw_transform(np.random.default_rng(s), (500, 500), 100, off) for s in range(20)]
     assert not any(t.flip_y or t.flip_x or t.rot90 for t in tfs)
+
+
+def test_resample_off_draws_exactly_as_before_and_on_loses_fine_detail():
+    cfg = AugmentConfig()
+    assert cfg.resample == 1.0
+    for seed in range(20):
+        rng, ref = np.random.default_rng(seed), np.random.default_rng(seed)
+        jit = draw_intensity(rng, cfg)
+        g0, g1 = cfg.gamma  # the three draws of the augmentation without resampling, in order
+        gamma = float(math.exp(ref.uniform(math.log(g0), math.log(g1))))
+        contrast, brightness = ref.uniform(*cfg.contrast), ref.uniform(-cfg.brightness, cfg.brightness)
+        assert (jit.gamma, jit.contrast, jit.brightness, jit.resample) == (gamma, contrast, brightness, 1.0)
+        assert rng.random() == ref.random()  # no extra draw: the following crops are unchanged too
+    factors = [draw_intensity(np.random.default_rng(s), AugmentConfig(resample=3.0)).resample for s in range(200)]
+    resampled = [f for f in factors if f != 1.0]
+    assert 60 < len(resampled) < 140 and all(1.0 <= f <= 3.0 for f in resampled)
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(1, 64, 64)).astype(np.float32)  # pixel-level detail only
+    out = resample(image, 3.0)
+    assert out.shape == image.shape and out.dtype == np.float32
+    assert out.std() < 0.5 * image.std()  # detail finer than 3 pixels is gone
+    smooth = np.broadcast_to(np.linspace(0, 1, 64, dtype=np.float32), (1, 64, 64))
+    assert np.allclose(resample(smooth, 3.0)[:, 8:-8, 8:-8], smooth[:, 8:-8, 8:-8], atol=0.02)  # coarse kept
+    stats = ImageStats.from_pixels(image)
+    std = apply_intensity(image, stats, IntensityJitter(resample=2.0))
+    assert std.shape == image.shape and not np.allclose(std, apply_intensity(image, stats, IntensityJitter()))

@@ -34,6 +34,7 @@ def test_run_recipe_tracks_metrics_panels_and_checkpoints(tiny_plugin, make_reci
     # how the training images were resized travels with the model, for prediction on new images
     assert set(ckpt.input_scale["group_scales"]) == {"fluorescence", "phase"}
     assert ckpt.input_scale["cell_diameter"] is None
+    assert ckpt.size_model is None  # the tiny strategy's principal offers no backbone features
     assert {p.name for p in (run_dir / "checkpoints").iterdir()} == {
         "last.ckpt",
         "step-00000003.ckpt",

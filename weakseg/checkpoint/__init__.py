@@ -18,6 +18,8 @@ them. A checkpoint is ``torch.save`` of a plain dict of tensors and primitives, 
     tracking      {"run_id", "tracking_uri", "experiment_id"} of the MLflow run to continue
     input_scale   {"group_scales", "cell_diameter", "pixel_size"}: how training images were resized,
                   so that prediction on new images resizes them the same way (absent before 0.2)
+    size_model    optional: a regression of an image's cell diameter on the principal's features
+                  (``weakseg.inference.sizing``), added after training or by ``weakseg size-model``
 
 ``recipe``, ``data_summary``, ``state_dict`` and ``step`` are required; a file without them is
 refused with a :class:`CheckpointError`. On disk (:mod:`weakseg.checkpoint.files`) each file is

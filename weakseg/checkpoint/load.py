@@ -120,6 +120,12 @@ class Checkpoint:
         value = self.raw.get("input_scale")
         return dict(value) if value else None
 
+    @property
+    def size_model(self) -> dict[str, Any] | None:
+        """The size model (``weakseg.inference.sizing.SizeModel.to_dict``), if the checkpoint has one."""
+        value = self.raw.get("size_model")
+        return dict(value) if value else None
+
 
 def checkpoint_from_file(path: str | Path) -> Checkpoint:
     """Load one checkpoint file (or ``last.ckpt`` pointer), checked, with its recipe validated."""

@@ -276,19 +276,40 @@ class IntensityJitter:
     gamma: float = 1.0
     contrast: float = 1.0
     brightness: float = 0.0
+    resample: float = 1.0  #: shrink-and-enlarge factor (1: none), see :func:`resample`
 
 
 def draw_intensity(rng: np.random.Generator, cfg: AugmentConfig) -> IntensityJitter:
-    """Gamma log-uniform in ``cfg.gamma``, contrast uniform in ``cfg.contrast``, brightness in +-``cfg.brightness``."""
+    """Gamma log-uniform in ``cfg.gamma``, contrast uniform in ``cfg.contrast``, brightness in +-``cfg.brightness``;
+    with ``cfg.resample`` above 1, half the crops get a resample factor log-uniform in [1, resample] (drawn
+    last, so that crops without it are drawn exactly as before)."""
     g0, g1 = cfg.gamma
     gamma = float(math.exp(rng.uniform(math.log(g0), math.log(g1)))) if g0 != g1 else float(g0)
     contrast = float(rng.uniform(*cfg.contrast))
     brightness = float(rng.uniform(-cfg.brightness, cfg.brightness)) if cfg.brightness else 0.0
-    return IntensityJitter(gamma, contrast, brightness)
+    factor = 1.0
+    if cfg.resample > 1.0 and rng.random() < 0.5:
+        factor = float(math.exp(rng.uniform(0.0, math.log(cfg.resample))))
+    return IntensityJitter(gamma, contrast, brightness, factor)
+
+
+def resample(image: np.ndarray, factor: float) -> np.ndarray:
+    """Shrink a (C, H, W) crop by ``factor`` (antialiased) and enlarge it back to its size: detail finer
+    than ``factor`` pixels is lost, as in a lower-magnification image brought to the training cell size."""
+    if factor <= 1.0:
+        return image
+    _, h, w = image.shape
+    sigma = 0.5 * math.sqrt(factor**2 - 1.0)
+    blurred = ndimage.gaussian_filter(np.asarray(image, np.float32), (0, sigma, sigma), mode="nearest")
+    sh, sw = max(1, round(h / factor)), max(1, round(w / factor))
+    small = ndimage.zoom(blurred, (1, sh / h, sw / w), order=1, mode="nearest", grid_mode=True)
+    return ndimage.zoom(small, (1, h / sh, w / sw), order=1, mode="nearest", grid_mode=True)
 
 
 def apply_intensity(image: np.ndarray, stats: ImageStats, jitter: IntensityJitter) -> np.ndarray:
-    """Gamma, per-image standardisation, then contrast and brightness; float32 (C, H, W) out."""
+    """Resampling, gamma, per-image standardisation, then contrast and brightness; float32 (C, H, W) out."""
+    if jitter.resample != 1.0:
+        image = resample(image, jitter.resample)
     if jitter.gamma != 1.0:
         image = stats.to_unit(image) ** np.float32(jitter.gamma)
         mean, std = stats.gamma_stats(jitter.gamma)

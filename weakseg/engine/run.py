@@ -122,6 +122,8 @@ def run_recipe(
             step, steps_run, seconds = _train(run, strategy, checkpoint, evaluate, callbacks, progress)
         else:
             step, steps_run, seconds = _evaluate_only(run, strategy)
+        if ctx.is_main and recipe.train.size_model:
+            _add_size_model(run, strategy)
         metrics = evaluate_on_main(ctx, strategy, evaluate, run.tracker, step)
         result = _finish(run, step, steps_run, seconds, metrics)
         status = "FINISHED"
@@ -243,6 +245,33 @@ def _evaluate_only(run: _Run, strategy: Any) -> tuple[int, int, float]:
         run.checkpoints.save(payload, 0)
     run.ctx.barrier()
     return 0, 0, 0.0
+
+
+def _add_size_model(run: _Run, strategy: Any) -> None:
+    """Fit a size model on the training split into the final checkpoint (rank 0), when the principal
+    offers backbone features (:mod:`weakseg.inference.size_fit`); a failure only warns."""
+    import warnings
+
+    from weakseg.devices import unwrap
+    from weakseg.inference.size_fit import add_size_model, describe, fit_size_model
+
+    last = run.checkpoints.last
+    if not last.exists():
+        return
+    try:
+        model = fit_size_model(
+            unwrap(strategy).principal(),
+            run.recipe.data,
+            run.input_scale,
+            in_channels=run.summary.in_channels,
+            seed=run.recipe.train.seed,
+            device=run.ctx.device,
+        )
+        if model is not None:
+            add_size_model(last, model)
+            _say(run.ctx, describe(model))
+    except Exception as exc:  # noqa: BLE001 - the trained checkpoint stays usable without a size model
+        warnings.warn(f"{last}: no size model was added ({type(exc).__name__}: {exc})", stacklevel=2)
 
 
 def _finish(run: _Run, step: int, steps_run: int, seconds: float, metrics: dict[str, float]) -> RunResult:

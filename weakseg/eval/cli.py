@@ -3,7 +3,10 @@
 Rebuilds the checkpoint's strategy (``weakseg.checkpoint.load_strategy``), runs its principal
 model on a split of a store with ground-truth masks and prints the metrics per group (cell line)
 and overall: a table by default, the JSON document of :meth:`EvalResult.to_json` with ``--json``.
-The recipe's data settings (per-group scales, target cell size) are kept; only the store changes.
+The recipe's data settings are kept; only the store changes. Images are resized as ``weakseg predict``
+resizes them for the same checkpoint (:func:`weakseg.inference.scale.image_sizer`: ``--scale`` or
+``--diameter``, else the checkpoint's size model per image, else its training factor); ``--known-sizes``
+resizes each image by the cell size measured on the store instead.
 Cheap to import: torch loads when the command runs.
 """
 
@@ -51,6 +54,16 @@ def register(subparsers: Any) -> None:
         help="also score these mask thresholds from the same predictions and print the best AP50 "
         "(calibrate eval.mask_threshold on a labelled validation split, e.g. --split val)",
     )
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--scale", type=float, default=None, metavar="S", help="resize every image by S")
+    size.add_argument(
+        "--diameter", type=float, default=None, metavar="D",
+        help="typical cell diameter of the images in pixels (default: as `weakseg predict` sizes them)",
+    )
+    size.add_argument(
+        "--known-sizes", action="store_true",
+        help="resize each image by the cell size measured on the store (its masks), as if each diameter were given",
+    )
     p.add_argument("--groups", nargs="+", metavar="GROUP", help="only these groups (cell lines)")
     p.add_argument("--batch-size", type=int, default=4, help="images or tiles per forward pass")
     p.add_argument("--tile-size", type=int, default=1024, help="tile edge in model-input pixels")
@@ -67,6 +80,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from weakseg.devices import resolve_device
     from weakseg.errors import DataError, WeaksegError
     from weakseg.eval.evaluate import evaluate_strategy
+    from weakseg.inference.scale import image_sizer
 
     store = Path(args.store)
     if not store.exists():
@@ -79,6 +93,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     data_cfg = attrs.evolve(recipe.data, store=str(store), synthetic=None, groups=tuple(args.groups or ()))
     threshold = args.score_threshold if args.score_threshold is not None else recipe.eval.score_threshold
     mask_threshold = args.mask_threshold if args.mask_threshold is not None else recipe.eval.mask_threshold
+    sizer = None if args.known_sizes else image_sizer(
+        ckpt, strategy.principal(), scale=args.scale, diameter=args.diameter, device=device, groups_known=True
+    )
 
     progress = None
     if not args.no_progress and sys.stderr.isatty():
@@ -99,6 +116,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         sweep_mask_thresholds=tuple(args.sweep_mask_threshold or ()),
         keep_sample=bool(args.panel),
         progress=progress,
+        sizer=sizer,
     )
     if progress is not None:
         print(file=sys.stderr)
@@ -112,6 +130,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(result.to_json())
     else:
         print(result.table(), end="")
+        if sizer is not None and sizer.per_image:
+            print(result.sizes_table(), end="")
         if result.sweep:
             print(f"overall metrics by mask threshold (split {args.split!r}; * = best AP50):")
             print(result.sweep_table(), end="")

@@ -48,6 +48,7 @@ def evaluate_strategy(
     keep_sample: bool = True,
     progress: Callable[[int, str], None] | None = None,
     input_scale: Any = None,
+    sizer: Any = None,
 ) -> EvalResult:
     """Score ``strategy.principal()`` on ``split`` of the store of ``data_cfg`` (a DataConfig).
 
@@ -69,6 +70,8 @@ def evaluate_strategy(
         keep_sample: keep the first image and its prediction in ``result.sample`` (for the panel).
         progress: called as ``progress(n_done, image_id)`` after each image.
         input_scale: the run's :class:`~weakseg.data.scales.InputScale` (measured on the store when None).
+        sizer: an :class:`~weakseg.inference.scale.ImageSizer` (as ``weakseg predict`` uses): images are
+            resized as it says, not by the store's measured factor, and named in ``result.images``.
     """
     import torch
 
@@ -83,6 +86,7 @@ def evaluate_strategy(
         module.principal(), device, predictor_kwargs, score_threshold=score_threshold, masks=masks,
         mask_threshold=mask_threshold, sweep=sweep, keep_sample=keep_sample and rank == 0, progress=progress,
     )
+    run.sizer = sizer  # the same sizing as prediction, when given
     try:
         with torch.no_grad():
             images = iter_eval_images(data_cfg, split, max_images, scale=input_scale)
@@ -106,7 +110,7 @@ def evaluate_strategy(
         n_unlabeled=run.n_unlabeled,
         sample=run.sample,
         mask_threshold=float(mask_threshold),
-        sweep={t: extra.compute() for t, extra in run.sweep_accs.items()},
+        sweep={t: extra.compute() for t, extra in run.sweep_accs.items()}, images=run.sizes,
     )
 
 
@@ -171,6 +175,8 @@ class _EvalRun:
         self.sample: EvalSample | None = None
         self.n_unlabeled = 0
         self.n_seen = 0
+        self.sizer: Any = None
+        self.sizes: dict[str, dict[str, Any]] = {}
 
     def predictor_for(self, scale: float) -> Any:
         from weakseg.inference.predictor import Predictor
@@ -196,7 +202,7 @@ class _EvalRun:
         """Predict a group of images (by scale) and score each."""
         by_scale: dict[float, list[Any]] = {}
         for ev in pending:
-            by_scale.setdefault(float(self.fixed_scale or ev.scale), []).append(ev)
+            by_scale.setdefault(self.scale_of(ev), []).append(ev)
         for scale, items in by_scale.items():
             pred = self.predictor_for(scale)
             if self.masks == "instances":
@@ -205,6 +211,14 @@ class _EvalRun:
                 outputs = [pred.predict_labels(ev.image) for ev in items]
             for ev, out in zip(items, outputs, strict=True):
                 self.score(ev, out, scale)
+
+    def scale_of(self, ev: Any) -> float:
+        """The factor of one image: the ``scale`` option, else the sizer's, else the image's own."""
+        if self.fixed_scale is not None or self.sizer is None:
+            return float(self.fixed_scale or ev.scale)
+        sizing = self.sizer.size(ev.image, ev.group)
+        self.sizes[ev.image_id] = sizing.to_dict()
+        return float(sizing.scale)
 
     def score(self, ev: Any, out: Any, scale: float) -> None:
         """Score one image's prediction (Instances, or a (labels, table) pair) into the accumulators."""

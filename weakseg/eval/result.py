@@ -60,6 +60,9 @@ class EvalResult:
     mask_threshold: float = 0.5
     #: Overall metrics at other mask thresholds, from the same predictions (``sweep_mask_thresholds``).
     sweep: dict[float, dict[str, float]] = attrs.field(factory=dict)
+    #: Per image id: ``{"scale", "diameter", "sizing"}``, the factor it was predicted at (when sized by
+    #: a checkpoint's sizer, as ``weakseg predict`` sizes it).
+    images: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     sample: EvalSample | None = attrs.field(default=None, repr=False, eq=False)
 
     @classmethod
@@ -92,6 +95,7 @@ class EvalResult:
                 for t, m in sorted(self.sweep.items())
             ],
             "best_mask_threshold": self.best_mask_threshold(),
+            **({"images": dict(self.images)} if self.images else {}),
         }
 
     def by_mask_threshold(self) -> dict[float, dict[str, float]]:
@@ -113,6 +117,14 @@ class EvalResult:
         for t, m in self.by_mask_threshold().items():
             cells = "  ".join(f"{_fmt(_clean(m.get(k, math.nan), k)):>7}" for k in keys)
             lines.append(f"{t:>13.2f}{'*' if t == best else ' '}  {cells}")
+        return "\n".join(lines) + "\n"
+
+    def sizes_table(self) -> str:
+        """Plain-text table of the factor and cell diameter each image was predicted at."""
+        lines = [f"{'image':<24} {'scale':>8} {'diameter':>9}  sizing"]
+        for image_id, s in self.images.items():
+            d = "-" if s.get("diameter") is None else f"{s['diameter']:.1f}"
+            lines.append(f"{image_id:<24} {s['scale']:>8.3f} {d:>9}  {s.get('sizing', '')}")
         return "\n".join(lines) + "\n"
 
     def to_json(self, indent: int | None = 2) -> str:

@@ -36,7 +36,8 @@ def register(subparsers: Any) -> None:
         type=float,
         default=None,
         metavar="S",
-        help="resize images by S before the model (default: as the training images were resized)",
+        help="resize images by S before the model (default: by each image's cell diameter estimated by the "
+        "checkpoint's size model; without one, as the training images were resized)",
     )
     size.add_argument(
         "--diameter",
@@ -173,8 +174,9 @@ def _output_folder(path: str) -> Path:
 
 
 def _small_image(predictor: Any, item: Any) -> Any:
-    """The whole (C, H, W) array of an image that fits one tile, when small images are batched; else None."""
-    if predictor.batch_size < 2:
+    """The whole (C, H, W) array of an image that fits one tile, when small images are batched; else None
+    (also when each image is resized by its own estimated cell size: no two share a factor)."""
+    if predictor.batch_size < 2 or predictor.per_image:
         return None
     with item.open() as view:
         return view.read() if predictor.fits_one_tile(view.shape) else None

@@ -75,11 +75,13 @@ def _record(
     seconds: float,
     batch: int = 1,
     notes: list[str] | None = None,
+    sizing: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "name": item.name,
         "source": item.source,
         "shape": list(shape),
+        **(sizing or {}),
         "cells": len(table.scores),
         "outputs": outputs,
         "seconds": round(seconds, 3),
@@ -97,13 +99,16 @@ def predict_one(
     zarr_into_input: bool = False,
     progress: Any = None,
 ) -> dict[str, Any]:
-    """Predict one :class:`~weakseg.inference.io.InputImage` (tiled) and write the requested outputs."""
+    """Predict one :class:`~weakseg.inference.io.InputImage` (tiled) and write the requested outputs;
+    the record names the factor and cell diameter the image was predicted at."""
     start = time.perf_counter()
     with item.open() as view, collect_warnings() as notes:
-        labels, table = predictor.predict_labels(view, progress=progress)
+        sized = predictor.for_image(view)
+        labels, table = sized.predict_labels(view, progress=progress)
         outputs = write_outputs(item, view, labels, table, out_dir, formats, zarr_into_input=zarr_into_input)
         shape = view.shape
-    return _record(item, shape, table, outputs, time.perf_counter() - start, notes=notes)
+    seconds = time.perf_counter() - start
+    return _record(item, shape, table, outputs, seconds, notes=notes, sizing=sized.sizing_info())
 
 
 def predict_small_batch(
@@ -128,7 +133,8 @@ def predict_small_batch(
         outputs = write_outputs(item, array, labels, table, out_dir, formats, zarr_into_input=zarr_into_input)
         mine = [m for m in notes if m.startswith(f"{item.source}:")]
         seconds_one = seconds + time.perf_counter() - t0
-        records.append(_record(item, array.shape, table, outputs, seconds_one, len(batch), notes=mine))
+        sizing = predictor.sizing_info()
+        records.append(_record(item, array.shape, table, outputs, seconds_one, len(batch), notes=mine, sizing=sizing))
     return records
 
 

@@ -5,7 +5,8 @@ list[Instances]`` (the principal model of a strategy, weakseg.strategy) and take
 user's image needs before and after the model:
 
 1. per-image, per-channel standardisation (statistics over the whole image, applied per tile);
-2. rescaling by ``scale`` so that cells have the size the model was trained on; results are mapped
+2. rescaling by ``scale`` (or, with a per-image ``sizer``, by each image's estimated cell size:
+   :mod:`weakseg.inference.scale`) so that cells have the size the model was trained on; results are mapped
    back to the original pixel grid (mask crops are resampled bilinearly, so a crop of size S becomes
    about S / scale, as in the reference implementation's scaled
    inference);
@@ -20,6 +21,7 @@ image of the detections scoring at least ``score_threshold``, pasted tile by til
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -77,6 +79,8 @@ class Predictor:
         nan_policy: "background" (default): NaN / infinite pixels are reported with an
             :class:`InputWarning` naming the image and predicted as a flat region at the image's mean
             level; "error": such an image raises :class:`~weakseg.errors.DataError`.
+        sizer: an :class:`~weakseg.inference.scale.ImageSizer`; one with a size model resizes each image
+            by its own estimated cell size instead of ``scale`` (see :meth:`for_image`).
 
     Tiles (and small images) without signal (see :func:`weakseg.data.normalize.has_signal`: zero,
     constant, near-constant or non-finite throughout) never reach the model and give no cells, so a
@@ -100,6 +104,7 @@ class Predictor:
         in_channels: int | None = None,
         dedup_distance: float = 8.0,
         nan_policy: str = "background",
+        sizer: Any = None,
     ) -> None:
         if nan_policy not in NAN_POLICIES:
             raise WeaksegError(f"nan_policy must be one of {', '.join(NAN_POLICIES)}, got {nan_policy!r}")
@@ -126,6 +131,9 @@ class Predictor:
         self.in_channels = in_channels
         self.dedup_distance = float(dedup_distance)
         self.nan_policy = nan_policy
+        self.sizer = sizer
+        #: How the images of this predictor are resized (a :class:`~weakseg.inference.scale.Sizing`).
+        self.sizing = sizer.fixed if sizer is not None else None
         self._warned_overlap = False
         if isinstance(model, torch.nn.Module):
             model.to(self.device)
@@ -248,6 +256,29 @@ class Predictor:
             if progress is not None:
                 progress(b0 + len(group), len(tiles))
 
+    # ---------------------------------------------------------------- sizing
+
+    @property
+    def per_image(self) -> bool:
+        """Whether every image is resized by its own estimated cell size (a size model)."""
+        return self.sizer is not None and self.sizer.per_image
+
+    def for_image(self, image: Any) -> Predictor:
+        """This predictor at ``image``'s own factor when sizing per image (a copy), else itself."""
+        if not self.per_image:
+            return self
+        sized = copy.copy(self)
+        sized.sizer = None
+        sized.sizing = self.sizer.size(self._view(image))
+        sized.scale = float(sized.sizing.scale)
+        return sized
+
+    def sizing_info(self) -> dict[str, Any]:
+        """``{"scale", "diameter", "sizing"}`` of the images this predictor resizes alike."""
+        if self.sizing is not None:
+            return self.sizing.to_dict()
+        return {"scale": round(self.scale, 6), "diameter": None, "sizing": "scale"}
+
     # ---------------------------------------------------------------- public API
 
     def predict_instances(self, image: Any, progress: Callable[[int, int], None] | None = None) -> Instances:
@@ -257,6 +288,8 @@ class Predictor:
         dense crops (N, S, S), so for huge images prefer :meth:`predict`/:meth:`predict_labels`.
         """
         view = self._view(image)
+        if self.per_image:
+            return self.for_image(view).predict_instances(view, progress)
         _, h, w = view.shape
         parts, tile_ids = [], []
         for index, _tile, inst in self.iter_tiles(view, progress):
@@ -282,6 +315,8 @@ class Predictor:
         """Label image (int32; ``out`` if given, e.g. a zarr array) and a table of label scores and
         locations; label k has the k-th highest score among the pasted instances."""
         view = self._view(image)
+        if self.per_image:
+            return self.for_image(view).predict_labels(view, out, progress)
         _, h, w = view.shape
         stitcher = self._stitcher((h, w), out)
         for index, _tile, inst in self.iter_tiles(view, progress, binary=True):
@@ -330,7 +365,10 @@ class Predictor:
     def predict_batch(self, images: Sequence[Any]) -> list[Instances]:
         """Instances of several images that fit in one tile, in batches of ``batch_size`` (for
         throughput on many small images of equal size); larger images go through tiling, images
-        without signal give no instances without a forward pass."""
+        without signal give no instances without a forward pass. Sizing per image, each image is
+        predicted at its own factor."""
+        if self.per_image:
+            return [self.for_image(image).predict_batch([image])[0] for image in images]
         results: list[Instances | None] = [None] * len(images)
         small: dict[tuple[int, ...], list[tuple[int, ChannelFirst, ImageScan]]] = {}
         for i, image in enumerate(images):
@@ -375,19 +413,25 @@ def load_predictor(
     Images are resized the way the training images were unless told otherwise: ``scale`` (a
     factor), ``diameter`` (typical cell diameter of the new images, pixels) or ``pixel_size`` (of
     the new images); ``group`` picks one training group's factor when groups were resized
-    differently (see :mod:`weakseg.inference.scale`). ``mask_threshold`` defaults to the trained
+    differently (see :mod:`weakseg.inference.scale`). Given none of them, a checkpoint with a size model
+    resizes each image by its own estimated cell diameter. ``mask_threshold`` defaults to the trained
     recipe's ``eval.mask_threshold``. Other keyword arguments go to :class:`Predictor`.
     """
     from weakseg.checkpoint import load_strategy
-    from weakseg.inference.scale import resolve_scale
+    from weakseg.inference.scale import image_sizer
 
     path = Path(checkpoint)
     dev = resolve_device(device)
     strategy, ckpt = load_strategy(str(path), device=str(dev))
-    kwargs["scale"] = resolve_scale(ckpt, scale=scale, diameter=diameter, pixel_size=pixel_size, group=group)
+    principal = strategy.principal()
+    sizer = image_sizer(
+        ckpt, principal, scale=scale, diameter=diameter, pixel_size=pixel_size, group=group, device=dev
+    )
+    kwargs["scale"] = sizer.fixed.scale
+    kwargs["sizer"] = sizer
     summary = getattr(ckpt, "data_summary", None)
     in_channels = summary.get("in_channels") if isinstance(summary, dict) else getattr(summary, "in_channels", None)
     kwargs.setdefault("in_channels", in_channels)
     if kwargs.get("mask_threshold") is None:
         kwargs["mask_threshold"] = ckpt.recipe.eval.mask_threshold
-    return Predictor(strategy.principal(), device=dev, **kwargs)
+    return Predictor(principal, device=dev, **kwargs)

@@ -17,6 +17,10 @@ factor is, in order:
    trained with ``data.rescale: image`` (each image resized by its own cell size) warns here too:
    its images need ``diameter``.
 
+A checkpoint with a size model (:mod:`weakseg.inference.sizing`) replaces 4. by an estimate per image:
+each new image is resized by ``cell_diameter / its estimated diameter`` (:func:`image_sizer`, used
+alike by ``weakseg predict``, ``weakseg evaluate`` and ``weakseg.load``).
+
 Checkpoints written before the factors were recorded are served by recomputing them from the
 stored recipe and its store when that is reachable; otherwise the factor is 1 with a warning.
 """
@@ -27,6 +31,8 @@ import math
 import statistics
 import warnings
 from typing import Any
+
+import attrs
 
 from weakseg.data.scales import InputScale
 from weakseg.errors import WeaksegError
@@ -124,3 +130,111 @@ def _group_scale(info: InputScale, group: str | None, path: Any) -> float:
         stacklevel=3,
     )
     return median
+
+
+@attrs.frozen
+class Sizing:
+    """The factor one image is resized by, the cell diameter that implies (pixels of the image, when
+    known) and where it came from: ``scale``, ``diameter``, ``pixel_size`` (given), ``size model``
+    (estimated per image) or ``training factor`` (the checkpoint's recorded factor)."""
+
+    scale: float
+    diameter: float | None
+    source: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"scale", "diameter", "sizing"}`` for summaries and tables."""
+        d = None if self.diameter is None else round(float(self.diameter), 3)
+        return {"scale": round(float(self.scale), 6), "diameter": d, "sizing": self.source}
+
+
+class ImageSizer:
+    """How each new image is resized: one fixed :class:`Sizing`, or the size model's estimate per image.
+
+    ``model`` is a :class:`~weakseg.inference.sizing.SizeModel` (``None``: always ``fixed``); ``principal``
+    the model whose features it reads; ``fixed.scale`` is also where estimation starts.
+    """
+
+    def __init__(
+        self,
+        fixed: Sizing,
+        model: Any = None,
+        principal: Any = None,
+        device: Any = "cpu",
+        group_scales: dict[str, float] | None = None,
+    ) -> None:
+        self.fixed = fixed
+        self.model = model
+        self.principal = principal
+        self.device = device
+        #: Training factors by group, for images whose group is known (``weakseg evaluate`` on a store).
+        self.group_scales = dict(group_scales or {})
+        self.trained_diameter = fixed.diameter * fixed.scale if fixed.diameter else None
+
+    @property
+    def per_image(self) -> bool:
+        """Whether images are sized one by one (a size model is used)."""
+        return self.model is not None
+
+    def size(self, image: Any, group: str | None = None) -> Sizing:
+        """The sizing of one raw (C, H, W) image (array or view with ``read``); ``group``, when known, picks
+        that training group's factor where no size model and no user option decide."""
+        if self.model is None:
+            if group in self.group_scales:
+                f = float(self.group_scales[group])
+                return Sizing(f, self.trained_diameter / f if self.trained_diameter else None, "training factor")
+            return self.fixed
+        from weakseg.inference.sizing import estimate_diameter
+
+        d = estimate_diameter(self.principal, self.model, image, start=self.fixed.scale, device=self.device)
+        return Sizing(self.model.cell_diameter / d, d, "size model")
+
+
+def image_sizer(
+    ckpt: Any,
+    principal: Any = None,
+    *,
+    scale: float | None = None,
+    diameter: float | None = None,
+    pixel_size: float | None = None,
+    group: str | None = None,
+    device: Any = "cpu",
+    groups_known: bool = False,
+) -> ImageSizer:
+    """The sizing of new images for a checkpoint: what the user gave (``scale``, ``diameter``,
+    ``pixel_size``, ``group``) wins; else the checkpoint's size model per image when it has one, the
+    training images came at different cell sizes (:func:`_varied_sizes`) and ``principal`` offers
+    features; else the recorded training factor (with :func:`resolve_scale`'s warnings;
+    with ``groups_known`` an image of a training group takes its group's factor, without the warning)."""
+    from weakseg.inference.sizing import SizeModel, features_of
+
+    model = SizeModel.from_dict(getattr(ckpt, "size_model", None))
+    options = (("scale", scale), ("diameter", diameter), ("pixel_size", pixel_size))
+    given = next((n for n, v in options if v is not None), None)
+    info = checkpoint_input_scale(ckpt) or InputScale()
+    automatic = model is not None and features_of(principal) is not None and _varied_sizes(model, info)
+    if given is None and group is None and automatic:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            start = resolve_scale(ckpt)
+        return ImageSizer(Sizing(start, model.cell_diameter / start, "training factor"), model, principal, device)
+    if given == "diameter" and model is not None and not info.cell_diameter and 0 < diameter < math.inf:
+        # no data.target_cell_size: the size model knows the cell diameter the model was trained at
+        return ImageSizer(Sizing(model.cell_diameter / float(diameter), float(diameter), "diameter"))
+    by_group = groups_known and given is None and group is None
+    with warnings.catch_warnings():
+        if by_group:
+            warnings.simplefilter("ignore")
+        factor = resolve_scale(ckpt, scale=scale, diameter=diameter, pixel_size=pixel_size, group=group)
+    trained = model.cell_diameter if model is not None else info.cell_diameter
+    d = float(diameter) if diameter else (float(trained) / factor if trained else None)
+    groups = info.trained_group_scales if by_group else None
+    return ImageSizer(Sizing(factor, d, given or ("group" if group else "training factor")), group_scales=groups)
+
+
+def _varied_sizes(model: Any, info: InputScale) -> bool:
+    """Whether the training images came at different cell sizes, so that new images are sized one by one:
+    their diameters spread widely (:attr:`~weakseg.inference.sizing.SizeModel.sizes_new_images`), the run
+    rescaled image by image (``data.rescale: image``) or its groups were resized by different factors."""
+    factors = {round(float(f), 4) for f in (info.trained_group_scales or {}).values()}
+    return model.sizes_new_images or info.rescale == "image" or len(factors) > 1

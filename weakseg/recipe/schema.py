@@ -69,6 +69,11 @@ class AugmentConfig:
     #: [low, high] of the random gamma (both above 0), drawn log-uniformly and applied to intensities mapped
     #: to [0, 1] by the image's 0.1-99.9 percentile range, before standardisation; ``[1.0, 1.0]`` turns it off.
     gamma: tuple[float, float] = attrs.field(default=(0.5, 2.0), validator=positive_range)
+    #: Largest factor by which half the crops are shrunk (antialiased) and enlarged back, drawn log-uniformly
+    #: in [1, resample]: fine detail is lost as in a lower-magnification image resized to the training cell
+    #: size, so that a model trained on high-magnification images also serves low-magnification ones. 1.0
+    #: (default) turns it off.
+    resample: float = attrs.field(default=1.0, validator=attrs.validators.ge(1.0))
 
 
 @attrs.frozen(kw_only=True)
@@ -188,6 +193,11 @@ class TrainConfig:
     #: DDP: let unused parameters pass (needed when a phase skips a sub-model). Only matters with several
     #: processes; false is faster when every parameter gets a gradient at every step.
     find_unused_parameters: bool = True
+    #: After the last step, fit a size model (an image's cell diameter from the principal's backbone
+    #: features) into the final checkpoint, so that predict and evaluate resize each new image by its own
+    #: estimated cell size; strategies whose principal offers no features get none. ``weakseg size-model``
+    #: adds one to an existing checkpoint.
+    size_model: bool = True
 
 
 @attrs.frozen(kw_only=True)

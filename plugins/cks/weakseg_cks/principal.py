@@ -175,6 +175,16 @@ class LacssPrincipal(nn.Module):
 
     forward = forward_train
 
+    def features(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """The backbone's FPN maps (strides 4..32, finest first) of an image batch: what generic tools
+        such as the size model (``weakseg.inference.sizing``) read from a principal."""
+        self._check_image(image)
+        ph, pw = -image.shape[-2] % SIZE_DIVISOR, -image.shape[-1] % SIZE_DIVISOR
+        x = F.pad(image, (0, pw, 0, ph)) if (ph or pw) else image
+        dtype = self.detector.score.weight.dtype
+        x = x.to(dtype=dtype if dtype.is_floating_point else x.dtype, memory_format=self.memory_format)
+        return list(self.backbone(x))
+
     def detection_loss_terms(
         self, out: PrincipalOutput, points: Sequence[torch.Tensor], **weighting: Any
     ) -> dict[str, torch.Tensor]:

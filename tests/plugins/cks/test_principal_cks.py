@@ -203,3 +203,16 @@ def test_paper_size_parameter_count():
     assert abs(count(model.detector) - 5.31e6) < 0.01e6
     assert abs(count(model.segmentor) - 4.44e6) < 0.01e6
     assert abs(count(model) - 63.74e6) < 0.01e6
+
+
+def test_features_are_the_fpn_maps_of_the_padded_image(model):
+    """What the size model (weakseg.inference.sizing) reads: one map per stride, as forward_train computes."""
+    image = torch.randn(1, 2, 70, 45)
+    with torch.no_grad():
+        maps = model.features(image)
+        out = model.forward_train(image)
+    assert [tuple(m.shape[-2:]) for m in maps] == [(96 // s, 64 // s) for s in (4, 8, 16, 32)]
+    for got, want in zip(maps, out.features, strict=True):
+        torch.testing.assert_close(got, want)
+    with pytest.raises(DataError, match="channels"):
+        model.features(torch.randn(1, 3, 32, 32))

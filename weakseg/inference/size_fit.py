@@ -1,0 +1,186 @@
+"""Fitting a size model (:mod:`weakseg.inference.sizing`) and adding it to a checkpoint.
+
+A run fits one after its last training step (``train.size_model``, on by default) when its principal
+model offers backbone features; ``weakseg size-model RUN_OR_CKPT [--store STORE]`` fits one afterwards
+for an existing checkpoint. Training crops are read from the store's training split at random resize
+factors ``2**U(-1.5, 1.5)`` around each image's training factor; the target of each crop is its cell
+diameter after the resize: the image's measured diameter (importer metadata, masks, else point
+spacing: :mod:`weakseg.data.cellsize`) times the factor.
+
+The size model is stored as the checkpoint's ``size_model`` entry; the file is rewritten atomically
+with a new size and sha256 record (:func:`weakseg.checkpoint.save_checkpoint`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+
+from weakseg.inference.sizing import (
+    CROP,
+    LOG2_RANGE,
+    SizeModel,
+    crop_features,
+    features_of,
+    fit_size_regression,
+    resized,
+)
+
+#: Training crops of a size model.
+N_SAMPLES = 256
+
+
+def training_targets(cfg: Any, input_scale: Any, store: Any, seed: int = 0) -> list[tuple[Any, float, float]]:
+    """(image info, its training factor, its native cell diameter) for every measured training image."""
+    from weakseg.data.access import select_images
+    from weakseg.data.scales import measure_image_diameters
+
+    diameters = measure_image_diameters(cfg, store, seed)
+    out = []
+    for info in select_images(store, cfg.train_split, cfg.groups):
+        if info.image_id in diameters and diameters[info.image_id][1] > 0:
+            factor = input_scale.image_scale(info.image_id, info.group)
+            out.append((info, float(factor), float(diameters[info.image_id][1])))
+    return out
+
+
+def _read_region(store: Any, info: Any, factor: float, rng: np.random.Generator) -> np.ndarray:
+    """A random region of a store image that becomes at most :data:`CROP` pixels once resized by ``factor``."""
+    _, h, w = (int(v) for v in info.shape)
+    side = max(8, math.ceil(CROP / factor))
+    sy, sx = min(side, h), min(side, w)
+    y0, x0 = int(rng.integers(0, h - sy + 1)), int(rng.integers(0, w - sx + 1))
+    arr = store.image(info.image_id)
+    region = np.asarray(arr[..., y0 : y0 + sy, x0 : x0 + sx], dtype=np.float32)
+    return region[None] if region.ndim == 2 else region
+
+
+def fit_size_model(
+    principal: Any,
+    cfg: Any,
+    input_scale: Any,
+    *,
+    in_channels: int | None = None,
+    n_samples: int = N_SAMPLES,
+    seed: int = 0,
+    device: Any = "cpu",
+) -> SizeModel | None:
+    """A size model for ``principal`` from the training split of ``cfg``'s store (a DataConfig).
+
+    ``None`` when the principal offers no backbone features or no training image has a measurable
+    cell size.
+    """
+    from weakseg.data.access import open_data_store, store_path
+    from weakseg.inference.adapt import adapt_channels
+
+    if features_of(principal) is None:
+        return None
+    store = open_data_store(store_path(cfg))
+    targets = training_targets(cfg, input_scale, store, seed)
+    if not targets:
+        return None
+    trained_at = input_scale.cell_diameter or float(np.median([f * d for _, f, d in targets]))
+    rng = np.random.default_rng(seed)
+    was_training = bool(getattr(principal, "training", False))
+    if hasattr(principal, "eval"):
+        principal.eval()
+    rows, logs, sources = [], [], []
+    try:
+        for k in range(max(n_samples, 10)):
+            info, base, diameter = targets[k % len(targets)]
+            factor = base * 2.0 ** rng.uniform(-LOG2_RANGE, LOG2_RANGE)
+            region = adapt_channels(_read_region(store, info, factor, rng), in_channels, info.image_id)
+            rows.append(crop_features(principal, resized(region, factor, device)))
+            logs.append(math.log(diameter * factor))
+            sources.append(k % len(targets))
+    finally:
+        if hasattr(principal, "train"):
+            principal.train(was_training)
+    model = fit_size_regression(np.stack(rows), np.asarray(logs), trained_at, sources, seed)
+    native = [d for _, _, d in targets]
+    return attrs.evolve(model, diameter_spread=float(max(native) / min(native)))
+
+
+def add_size_model(path: str | Path, model: SizeModel) -> Path:
+    """Store ``model`` in the checkpoint file ``path`` names (a ``last.ckpt`` pointer: its snapshot),
+    rewritten atomically with a new size and sha256 record; returns the file written."""
+    from weakseg.checkpoint.files import save_checkpoint
+    from weakseg.checkpoint.load import read_checkpoint_file
+
+    target, raw = read_checkpoint_file(path)
+    raw["size_model"] = model.to_dict()
+    return save_checkpoint(raw, target)
+
+
+def describe(model: SizeModel) -> str:
+    """One line about a fitted size model."""
+    return (
+        f"size model: {model.n_samples} crops, trained cell diameter {model.cell_diameter:.3g} px, "
+        f"cross-validated median error {100 * model.error:.1f} %"
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# weakseg size-model
+# ------------------------------------------------------------------------------------------------
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``size-model`` subcommand."""
+    p = subparsers.add_parser(
+        "size-model",
+        help="fit a size model (per-image cell diameter) and add it to a checkpoint",
+        description=(
+            "Fit a size model on the training split of the checkpoint's store (or STORE) and add it to the "
+            "checkpoint, so that predict and evaluate resize every new image by its estimated cell diameter."
+        ),
+    )
+    p.add_argument("checkpoint", metavar="RUN_OR_CKPT", help="a run folder, last.ckpt or a .ckpt file")
+    p.add_argument("--store", default=None, help="fit on this store's training split instead of the recipe's")
+    p.add_argument("--samples", type=int, default=N_SAMPLES, help=f"training crops (default {N_SAMPLES})")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.set_defaults(func=_cmd_size_model)
+
+
+def _cmd_size_model(args: argparse.Namespace) -> int:
+    import attrs
+
+    from weakseg.checkpoint import load_strategy
+    from weakseg.data.scales import InputScale
+    from weakseg.devices import resolve_device
+    from weakseg.errors import WeaksegError
+    from weakseg.inference.scale import checkpoint_input_scale
+
+    if args.samples < 10:
+        raise WeaksegError(f"--samples must be at least 10, got {args.samples}")
+    device = resolve_device(args.device)
+    strategy, ckpt = load_strategy(args.checkpoint, device=str(device))
+    cfg = ckpt.recipe.data
+    if args.store is not None:
+        if not Path(args.store).exists():
+            raise WeaksegError(f"--store {args.store}: does not exist; pass a store written by `weakseg data import`")
+        cfg = attrs.evolve(cfg, store=str(args.store), synthetic=None)
+    scale = checkpoint_input_scale(ckpt)
+    model = fit_size_model(
+        strategy.principal(),
+        cfg,
+        scale or InputScale(),
+        in_channels=ckpt.data_summary.in_channels,
+        n_samples=args.samples,
+        seed=ckpt.recipe.train.seed,
+        device=device,
+    )
+    if model is None:
+        raise WeaksegError(
+            f"{ckpt.path}: no size model can be fitted: strategy {ckpt.recipe.strategy.type!r} offers no backbone "
+            f"features, or no training image of {cfg.store} has a measurable cell size (masks or points)"
+        )
+    written = add_size_model(ckpt.file or ckpt.path, model)
+    print(f"{describe(model)}; added to {written}", file=sys.stdout)
+    return 0
