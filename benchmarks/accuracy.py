@@ -187,8 +187,9 @@ def run_one(dataset: str, strategy: str, args: argparse.Namespace) -> dict[str, 
 
 
 def evaluate_json(run_dir: Path, store: Path, *extra: str) -> dict[str, Any]:
-    """``weakseg evaluate RUN STORE --json ...`` as a dict."""
-    cmd = [*weakseg_cmd(), "evaluate", str(run_dir), str(store), "--json", "--no-progress", *extra]
+    """``weakseg evaluate RUN STORE --json ...`` as a dict, each image at the store's measured cell size
+    (``--known-sizes``: how the table's figures are scored, whatever sizing a checkpoint would choose)."""
+    cmd = [*weakseg_cmd(), "evaluate", str(run_dir), str(store), "--json", "--no-progress", "--known-sizes", *extra]
     print("$", " ".join(cmd[2:]), flush=True)
     proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True, check=True)
     return json.loads(proc.stdout)
