@@ -79,12 +79,17 @@ def write_points_array(image_group: Path, source: str, points: np.ndarray, prove
         attributes={"weakseg": {"provenance": dict(provenance), "axes": ["y", "x"],
                                 "convention": "pixel centres at i + 0.5"}},
     )
-    final = folder / source
+    replace_array(tmp, folder / source)
+
+
+def replace_array(tmp: Path, final: Path) -> None:
+    """Move a zarr array written under the temporary name ``tmp`` into place at ``final``, replacing an older
+    one; when another process stored the same array meanwhile, its copy wins and ``tmp`` is dropped."""
     if final.exists():
         shutil.rmtree(final, ignore_errors=True)
     try:
         os.replace(tmp, final)
-    except OSError:  # another process stored the same set meanwhile
+    except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any, Literal
 import attrs
 import numpy as np
 
+from weakseg.data.points_io import replace_array
 from weakseg.errors import DataError
 
 #: Name of the region a user imports for an image (used whenever the label source brings none).
@@ -152,13 +152,7 @@ def write_region(
     for r0 in range(0, h, BAND):
         r1 = min(h, r0 + BAND)
         arr[r0:r1] = mask.render((h, w), (r0, r1)) if isinstance(mask, RegionSpec) else mask[r0:r1]
-    final = folder / name
-    if final.exists():
-        shutil.rmtree(final, ignore_errors=True)
-    try:
-        os.replace(tmp, final)
-    except OSError:  # another process stored the same region meanwhile
-        shutil.rmtree(tmp, ignore_errors=True)
+    replace_array(tmp, folder / name)
 
 
 # --------------------------------------------------------------------------------------------
