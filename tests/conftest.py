@@ -15,6 +15,17 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
 @pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test (tiny tensors run fastest so, above all on shared cores)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def shared_data() -> Path:
     """``../shared/data`` beside the checkout; tests using it skip with a reason when it is absent."""
     if not SHARED_DATA.is_dir():

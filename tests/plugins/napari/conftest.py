@@ -90,11 +90,6 @@ def blob_checkpoint(tmp_path, tmp_path_factory, plugin_registration, monkeypatch
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
+def _one_torch_thread(one_torch_thread):
     """Tiny convolutions run fastest on one thread."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield
-    torch.set_num_threads(before)
