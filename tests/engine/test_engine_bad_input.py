@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import run_command
+from conftest import run_command, write_recipe
 
 import weakseg
 from weakseg.checkpoint import FORMAT, CheckpointError
@@ -105,8 +105,6 @@ def test_run_refuses_a_bad_init_from(bad_files, plugin_env, tmp_path):
 
 
 def test_resume_with_no_usable_snapshot_says_so(bad_files, plugin_env, tmp_path):
-    from conftest import write_recipe
-
     recipe = write_recipe(tmp_path / "tiny.yaml", tmp_path / "store.zarr", steps=2)
     folder = tmp_path / "runs" / "tiny" / "checkpoints"
     folder.mkdir(parents=True)
