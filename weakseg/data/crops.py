@@ -171,7 +171,7 @@ class CropDataset:
     ) -> tuple[CropTransform, np.ndarray]:
         """A crop transform whose window holds points (and overlaps the image's annotated region).
 
-        The window is drawn uniformly; when it holds no point, or misses the region's bounding box, it
+        The window is drawn uniformly; when it holds no point, or lies outside the region's bounding box, it
         is redrawn, up to ``CROP_RETRIES`` times, the last time around a randomly chosen point (in the
         region when it has any; so sparse images still train).
         """
