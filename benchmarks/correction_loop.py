@@ -195,10 +195,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         before = train_from_points(RECIPE, first_items, out / "round-0", name="cks-points", steps=args.steps,
                                    output=out / "runs", overrides=overrides)
     corrected, counts = correction_round(store, corrected_ids, before.checkpoint)
-    after = train_from_points(RECIPE, first_items + corrected, out / "round-1", name="cks-corrected",
-                              steps=args.steps, output=out / "runs", overrides=overrides,
-                              init_from=before.checkpoint)
-    return {
+    after = finished_run(out / "runs", "cks-corrected", args.steps) if args.reuse else None
+    if after is None:
+        after = train_from_points(RECIPE, first_items + corrected, out / "round-1", name="cks-corrected",
+                                  steps=args.steps, output=out / "runs", overrides=overrides,
+                                  init_from=before.checkpoint)
+    results = {
         "smoke": bool(args.smoke),
         "steps": args.steps,
         "train_images": first_ids,
@@ -210,6 +212,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "runs": {"before": before.run_id, "after": after.run_id, "tracking_uri": after.tracking_uri},
         "seconds": round(time.perf_counter() - t0, 1),
     }
+    if args.control:
+        # the same extra steps from the first model on the first images only: what retraining alone gives
+        control = finished_run(out / "runs", "cks-continued", args.steps) if args.reuse else None
+        if control is None:
+            control = train_from_points(RECIPE, first_items, out / "round-1-control", name="cks-continued",
+                                        steps=args.steps, output=out / "runs", overrides=overrides,
+                                        init_from=before.checkpoint)
+        results["continued"] = evaluate(control.checkpoint, store_path)
+        results["runs"]["continued"] = control.run_id
+        results["seconds"] = round(time.perf_counter() - t0, 1)
+    return results
 
 
 def render(results: dict[str, Any]) -> str:
@@ -230,6 +243,11 @@ def render(results: dict[str, Any]) -> str:
         "|---|---|---|",
         f"| points on {len(results['train_images'])} images | {b['AP50']:.3f} | {b['dice']:.3f} |",
         f"| + {c['images']} corrected images, retrained | {a['AP50']:.3f} | {a['dice']:.3f} |",
+    ]
+    if "continued" in results:
+        k = results["continued"]
+        lines.append(f"| retrained as long without the corrected images | {k['AP50']:.3f} | {k['dice']:.3f} |")
+    lines += [
         "",
         f"Corrections: {c['clicks']} clicks on {c['images']} images ({c['cells']} cells, {c['detections']} "
         f"detections): {c['added']} points added on missed cells, {c['deleted']} false detections deleted.",
@@ -252,7 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--correct-images", type=int, default=None, help="images predicted and corrected (8)")
     parser.add_argument("--seed", type=int, default=0, help="which training images are drawn")
     parser.add_argument("--reuse", action="store_true",
-                        help="keep a first model that already finished its steps in --out (same --seed)")
+                        help="keep models that already finished their steps in --out (same --seed)")
+    parser.add_argument("--control", action="store_true",
+                        help="also retrain the first model as long on its own images (the gain of the steps alone)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.steps = args.steps or 2

@@ -39,13 +39,13 @@ def test_simulated_correction_keeps_near_detections_adds_missed_cells_and_delete
     assert (len(points), added, deleted) == (3, 3, 0)
 
 
-@pytest.mark.slow  # two tiny CKS runs, two evaluations and a prediction: about a minute on 2 busy cores
+@pytest.mark.slow  # three tiny CKS runs, three evaluations and a prediction: about a minute on 2 busy cores
 def test_smoke_run_writes_the_page_and_figures(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_ENABLE_ASYNC_LOGGING": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)
     docs = tmp_path / "correction_loop.md"
     proc = subprocess.run(
-        [sys.executable, str(BENCHMARK), "--smoke", "--out", str(tmp_path / "out"), "--docs", str(docs)],
+        [sys.executable, str(BENCHMARK), "--smoke", "--control", "--out", str(tmp_path / "out"), "--docs", str(docs)],
         capture_output=True, text=True, cwd=REPO, env=env, timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
@@ -55,8 +55,9 @@ def test_smoke_run_writes_the_page_and_figures(tmp_path):
     assert len(results["train_images"]) == 3 and len(results["corrected_images"]) == 2
     assert not set(results["train_images"]) & set(results["corrected_images"])
     assert c["clicks"] == c["added"] + c["deleted"] and c["cells"] > 0
-    for model in ("before", "after"):
+    for model in ("before", "after", "continued"):
         assert 0.0 <= results[model]["dice"] <= 1.0
-    assert results["runs"]["before"] != results["runs"]["after"]
+    assert len({results["runs"][k] for k in ("before", "after", "continued")}) == 3
     page = docs.read_text()
     assert "| model | test AP50 | test Dice |" in page and f"{c['clicks']} clicks" in page
+    assert "retrained as long without the corrected images" in page

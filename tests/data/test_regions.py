@@ -109,6 +109,35 @@ def test_region_source_keeps_inner_points_and_stores_its_region(store):
     assert region_for(s, s.info("a"), "centroids") is None
 
 
+def test_use_regions_false_keeps_the_points_and_drops_the_region(store):
+    path, _ = store
+    spec = LabelSourceSpec.of("region", base="centroids", region={"type": "left_half"})
+    on = build_train_dataset(DataConfig(store=str(path), crop_size=48, num_workers=0, label_source=spec), seed=0)
+    cfg = DataConfig(store=str(path), crop_size=48, num_workers=0, label_source=spec, use_regions=False)
+    off = build_train_dataset(cfg, seed=0)
+    assert on.entries[0].region == "left_half-0.5"
+    assert [e.region for e in off.entries] == [None, None]
+    assert [e.region_box for e in off.entries] == [None, None]
+    np.testing.assert_array_equal(off.image_points(0), on.image_points(0))  # the same partial point set
+    assert all(off[(0, k)].annotated is None for k in range(3))  # unclicked pixels count as background
+
+
+def test_mask_images_keeps_the_masks_of_a_seeded_few(store):
+    path, _ = store
+    cfg = DataConfig(store=str(path), crop_size=48, num_workers=0, mask_images=1)
+    first = build_train_dataset(cfg, seed=3)
+    assert sum(e.has_labels for e in first.entries) == 1
+    again = build_train_dataset(cfg, seed=3)
+    assert [e.has_labels for e in again.entries] == [e.has_labels for e in first.entries]
+    unmasked = next(k for k, e in enumerate(first.entries) if not e.has_labels)
+    crop = next(k for k in range(len(first)) if first.locate(k)[0] == unmasked)
+    assert first[(0, crop)].mask is None and len(first.image_points(unmasked)) > 0
+    every = build_train_dataset(DataConfig(store=str(path), crop_size=48, num_workers=0), seed=3)
+    assert all(e.has_labels for e in every.entries)
+    none = build_train_dataset(DataConfig(store=str(path), crop_size=48, num_workers=0, mask_images=0), seed=3)
+    assert not any(e.has_labels for e in none.entries)
+
+
 def test_crops_overlap_the_region_and_carry_the_annotated_mask(store):
     path, _ = store
     s = open_store(path)

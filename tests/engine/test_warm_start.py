@@ -64,6 +64,21 @@ def test_principal_comes_from_the_source_and_the_collaborator_stays_fresh(tmp_pa
     assert "tiny-supervised" in report.summary() and "kept fresh" not in report.summary()
 
 
+def test_scope_all_also_continues_the_collaborator(tmp_path):
+    summary = DataSummary(in_channels=1)
+    donor, path = saved_strategy(tmp_path / "cks.ckpt", tiny_recipe("cks"), summary, seed=1)
+    target = built(tiny_recipe("cks"), summary, seed=2)
+    # not vacuous: the two seeds drew different collaborator weights
+    assert not torch.equal(next(target.collaborator.parameters()), next(donor.collaborator.parameters()))
+
+    report = warm_start(target, path, scope="all")
+
+    assert not report.skipped and "model tensors" in report.summary()
+    for name, tensor in donor.state_dict().items():
+        assert torch.equal(target.state_dict()[name], tensor), name
+    assert any(name.startswith("collaborator.") for name in report.loaded)
+
+
 def test_tensors_of_another_shape_stay_fresh_and_are_reported(tmp_path):
     donor, path = saved_strategy(
         tmp_path / "rgb.ckpt", tiny_recipe("supervised"), DataSummary(in_channels=3, has_masks=True), seed=1

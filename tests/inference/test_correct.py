@@ -87,6 +87,7 @@ def test_train_from_points_then_retrain_from_the_model_with_corrected_points(tmp
     client = MlflowClient(tracking_uri=second.tracking_uri)
     params = client.get_run(second.run_id).data.params
     assert params["model.init_from"] == str(first.checkpoint)
+    assert params["model.init_scope"] == "all"  # the retrain continues the collaborator too
     assert params["data.store"] == str(tmp_path / "r1" / "store.zarr")
     assert params["data.label_source.type"] == "csv"
     from weakseg.data.store import open_store

@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
 import numpy as np
 
 from weakseg.components import Batch
@@ -99,7 +100,7 @@ def build_train_dataset(cfg: DataConfig, *, seed: int, scale: InputScale | None 
         if len(shape) == 2:
             shape = (1, *shape)
         factor = scale.image_scale(info.image_id, info.group)
-        region = region_for(store, info, cfg.label_source)
+        region = region_for(store, info, cfg.label_source) if cfg.use_regions else None
         box = store.region_attrs(info.image_id, region).get("bbox") if region is not None else None
         entries.append(
             ImageEntry(
@@ -127,7 +128,18 @@ def build_train_dataset(cfg: DataConfig, *, seed: int, scale: InputScale | None 
             f"{path}: no training image has any point from label source {source!r}; check data.label_source "
             "(and that the images have masks, points or a nuclear channel it can use)"
         )
+    if cfg.mask_images is not None:
+        entries = keep_masks_of(entries, cfg.mask_images, seed)
     return CropDataset(path, entries, points, crop_size=cfg.crop_size, augment=cfg.augment, seed=seed)
+
+
+def keep_masks_of(entries: list[ImageEntry], count: int, seed: int) -> list[ImageEntry]:
+    """``entries`` with the masks of only ``count`` of them (a seeded pick among those with masks) kept;
+    the others become point-only images (``data.mask_images``)."""
+    labelled = sorted(e.image_id for e in entries if e.has_labels)
+    rng = np.random.default_rng([seed, 0x6D61736B])  # its own stream: the pick does not move crop sampling
+    kept = set(rng.permutation(labelled)[:count].tolist()) if labelled else set()
+    return [e if e.image_id in kept else attrs.evolve(e, has_labels=False) for e in entries]
 
 
 class TrainLoader:

@@ -174,7 +174,7 @@ def _build_strategy(run: _Run, *, warm: bool) -> Any:
     if init_from and warm:
         from weakseg.engine.warm_start import warm_start
 
-        _say(run.ctx, warm_start(strategy, init_from).summary())
+        _say(run.ctx, warm_start(strategy, init_from, recipe.model.init_scope).summary())
     seed_everything(recipe.train.seed + run.ctx.rank)
     return strategy
 

@@ -187,7 +187,8 @@ def train_from_folder(
 
     The recipe's store is replaced by the new one and its label source by ``csv`` (the imported
     points). With ``init_from`` (a run folder or checkpoint, e.g. the model whose detections were
-    corrected) the principal starts from that model (``model.init_from``). The run goes to
+    corrected) the run continues that model, collaborator included (``model.init_from`` with
+    ``model.init_scope: all``). The run goes to
     ``<output>/<name>`` (``output`` defaults to ``work_dir/runs``; its ``mlflow.db`` tracks the run);
     ``callbacks`` are the trainer's per-step ``(trainer, step, losses)`` callbacks.
     """
@@ -210,6 +211,7 @@ def train_from_folder(
         changes["train.steps"] = int(steps)
     if init_from is not None:
         changes["model.init_from"] = str(init_from)
+        changes.setdefault("model.init_scope", "all")  # continue the whole model, collaborator included
     sets = [f"{k}={json.dumps(v)}" for k, v in changes.items()]
     resolved = structure(apply_overrides(base, sets), Recipe)
     out = Path(output) if output is not None else work / "runs"

@@ -91,6 +91,14 @@ class DataConfig:
     #: channel, ``csv`` (the imported points), ``jitter`` (moved / dropped points) or ``region`` (another
     #: source's points inside a region, which is then marked as the annotated part of the image).
     label_source: LabelSourceSpec = attrs.field(factory=lambda: LabelSourceSpec.of("centroids"))
+    #: Whether the annotated region of a training image (``weakseg data region``, or the one a ``region``
+    #: label source keeps) limits where an unlabelled pixel is taught as background; false treats every
+    #: image as annotated everywhere (what a complete point set means).
+    use_regions: bool = True
+    #: Use the masks of only this many training images (picked at random with ``train.seed``); the others
+    #: train from their points as if they had no masks. null uses every mask in the store. For measuring how
+    #: few masks ``strategy: {type: mixed}`` needs on a fully labelled set.
+    mask_images: int | None = attrs.field(default=None, validator=non_negative)
     #: Side of the square training crops, in pixels after rescaling; smaller images are padded. Each image
     #: gives about (scaled area / crop area) crops per epoch; larger crops add context and memory.
     crop_size: int = attrs.field(default=544, validator=positive)
@@ -133,6 +141,10 @@ class ModelConfig:
     #: paper's "CKS-2": pre-trained elsewhere, e.g. with masks on another dataset); tensors are
     #: matched by name and shape. Used when a run starts, ignored on ``--resume``.
     init_from: str | None = None
+    #: What ``init_from`` copies: ``principal`` (the principal alone; a collaborator starts fresh: the setting
+    #: for pre-training elsewhere) or ``all`` (every tensor of the source run's model that fits, the
+    #: collaborator included: for continuing a model on more or corrected images).
+    init_scope: Literal["principal", "all"] = "principal"
 
 
 @attrs.frozen(kw_only=True)
