@@ -211,6 +211,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "corrections": counts,
         "runs": {"before": before.run_id, "after": after.run_id, "tracking_uri": after.tracking_uri},
         "seconds": round(time.perf_counter() - t0, 1),
+        "reused": bool(args.reuse),
     }
     if args.control:
         # the same extra steps from the first model on the first images only: what retraining alone gives
@@ -230,6 +231,7 @@ def render(results: dict[str, Any]) -> str:
     b, a, c = results["before"], results["after"], results["corrections"]
     data = "synthetic images (--smoke)" if results["smoke"] else "Kromp fluorescence nuclei"
     steps_flag = (" --smoke" if results["smoke"] else "") + (f" --steps {results['steps']}" if results["steps"] else "")
+    steps_flag += " --control" if "continued" in results else ""
     lines = [
         "# One correction round",
         "",
@@ -252,7 +254,8 @@ def render(results: dict[str, Any]) -> str:
         f"Corrections: {c['clicks']} clicks on {c['images']} images ({c['cells']} cells, {c['detections']} "
         f"detections): {c['added']} points added on missed cells, {c['deleted']} false detections deleted.",
         "",
-        f"Reproduce: `python benchmarks/correction_loop.py{steps_flag}` ({results['seconds']:.0f} s here; "
+        f"Reproduce: `python benchmarks/correction_loop.py{steps_flag}` ({results['seconds']:.0f} s here"
+        f"{', finished models reused' if results.get('reused') else ''}; "
         f"MLflow runs {results['runs']['before']} and {results['runs']['after']}).",
         "",
     ]
