@@ -17,13 +17,14 @@ supervised         masks on every training image (``supervised_<dataset>_cpu.yam
 =================  ===================================================================================
 
 "Handling on" (rows ending in ``+``) is ``strategy.unlabelled: {type: pu, prior: 0.2}`` with
-``strategy.pseudo_points: {after: 0.3, threshold: 0.8}`` for the missed-cell rows, and the stored
+``strategy.pseudo_points: {after: 0.3, threshold: 0.5}`` for the missed-cell rows, and the stored
 annotated region (``data.use_regions: true``, the default) for ``half``; "off" leaves them out
 (``data.use_regions: false`` for ``half``: its unclicked right half is taught as background).
 
 Each finished row is kept in ``<out>/results/<dataset>-<row>.json`` and merged into
 ``benchmarks/results/partial_points.json``, from which ``docs/partial_points.md`` is written; a later
-call adds rows to it (``--rows``), and ``--render-only`` rewrites the page from the stored figures.
+call adds rows to it (``--rows``), and ``--render-only`` rewrites the page from the stored figures (the text
+below the generated tables is kept as written).
 
 Usage (from the repository root)::
 
@@ -49,12 +50,13 @@ from accuracy import DATASETS, REPO, ensure_store, final_metrics, machine_info, 
 
 STORED = REPO / "benchmarks" / "results" / "partial_points.json"
 DOC = REPO / "docs" / "partial_points.md"
+BEGIN, END = "<!-- partial_points.py:begin -->", "<!-- partial_points.py:end -->"
 METRICS = ("AP50", "dice", "F1")
 #: Datasets in the order of the page.
 ORDER = ("kromp", "usiigaci")
 
 #: The partial-label handling for missed cells (a 20 % guess of the unlabelled share).
-HANDLING = {"strategy.unlabelled": "{type: pu, prior: 0.2}", "strategy.pseudo_points": "{after: 0.3, threshold: 0.8}"}
+HANDLING = {"strategy.unlabelled": "{type: pu, prior: 0.2}", "strategy.pseudo_points": "{after: 0.3, threshold: 0.5}"}
 DROP = "{type: jitter, move: 0.0, distance: 0.0, drop: 0.2}"
 DROP_JITTER = "{type: jitter, move: 0.5, distance: 5.0, drop: 0.2}"
 HALF = "{type: region, base: {type: centroids}, region: {type: left_half, fraction: 0.5}}"
@@ -88,7 +90,8 @@ def run_row(dataset: str, row: str, args: argparse.Namespace) -> dict[str, Any]:
     if cached.exists() and not args.force:
         return json.loads(cached.read_text())
     cmd = [*weakseg_cmd(), "run", str(REPO / "recipes" / pattern.format(dataset)), "--output", str(args.out),
-           "--resume", "--set", f"name={name}", "--set", f"eval.split={args.split}", "--set", "eval.max_images=null",
+           "--fresh" if args.force else "--resume",
+           "--set", f"name={name}", "--set", f"eval.split={args.split}", "--set", "eval.max_images=null",
            "--set", "train.eval_every=0", "--set", f"train.steps={args.steps}"]
     for key, value in overrides.items():
         cmd += ["--set", f"{key}={value}"]
@@ -128,6 +131,7 @@ def render(stored: dict[str, Any]) -> str:
     lines = [
         "# Partial and noisy point labels",
         "",
+        BEGIN,
         "<!-- written by `python benchmarks/partial_points.py` from benchmarks/results/partial_points.json -->",
         "",
         "CKS trained with the shipped CPU recipes from degraded point sets, with the partial-label handling "
@@ -162,7 +166,15 @@ def render(stored: dict[str, Any]) -> str:
         "Reproduce a row: `python benchmarks/partial_points.py --datasets DATASET --rows ROW`; "
         "`--render-only` rewrites this page from `benchmarks/results/partial_points.json`."
     )
+    lines.append(END)
     return "\n".join(lines) + "\n"
+
+
+def page(stored: dict[str, Any]) -> str:
+    """The docs page: the generated tables, then whatever was written below them by hand (kept)."""
+    text = DOC.read_text() if DOC.exists() else ""
+    notes = text.split(END, 1)[1].lstrip("\n") if END in text else ""
+    return render(stored) + ("\n" + notes if notes else "")
 
 
 def merge(new: list[dict[str, Any]]) -> dict[str, Any]:
@@ -199,7 +211,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render_only:
-        text = render(json.loads(STORED.read_text()))
+        text = page(json.loads(STORED.read_text()))
         if args.check:
             stale = not DOC.exists() or DOC.read_text() != text
             print(f"{DOC} is {'stale' if stale else 'up to date'}", file=sys.stderr if stale else sys.stdout)
@@ -214,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             stored = merge([result])
             STORED.parent.mkdir(parents=True, exist_ok=True)
             STORED.write_text(json.dumps(stored, indent=2) + "\n")
-            DOC.write_text(render(stored))
+            DOC.write_text(page(stored))
             print(f"{dataset} {row}: AP50 {_f(result['AP50'])}, Dice {_f(result['dice'])}", flush=True)
     return 0
 
