@@ -280,10 +280,8 @@ class PseudoPointsConfig:
 
     #: Burn-in: pseudo points are added from this fraction of ``train.steps`` on.
     after: float = attrs.field(default=0.3, validator=[attrs.validators.ge(0.0), attrs.validators.le(1.0)])
-    #: A detection of the principal model becomes a pseudo point when its score is at least this. 0.5 is
-    #: the score at which prediction keeps a cell: what the model would call a cell becomes a point (its
-    #: scores on cells rarely pass 0.8 while unlabelled cells are taught as partly background).
-    threshold: float = attrs.field(default=0.5, validator=_open_fraction)
+    #: A detection of the principal model becomes a pseudo point when its score is at least this.
+    threshold: float = attrs.field(default=0.8, validator=_open_fraction)
     #: ... and no labelled point lies within this many pixels (it would be that point's detection).
     distance: float = attrs.field(default=12.0, validator=attrs.validators.gt(0))
 
@@ -317,7 +315,7 @@ class CksStrategyConfig:
     #: Cells inside annotated areas may lack a point: ``{type: pu, prior: 0.2}`` teaches confident
     #: unlabelled pixels as background with a lower weight (detector and collaborator); null: full weight.
     unlabelled: UnlabelledConfig | None = None
-    #: Self-training, e.g. ``{after: 0.3, threshold: 0.5}``: from that fraction of the steps on, the
+    #: Self-training, e.g. ``{after: 0.3, threshold: 0.8}``: from that fraction of the steps on, the
     #: principal's detections scoring >= threshold far from every point train as extra points
     #: (their mean number per image is logged as ``train/pseudo_points``); null: off.
     pseudo_points: PseudoPointsConfig | None = None
