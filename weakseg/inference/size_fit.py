@@ -7,6 +7,11 @@ factors ``2**U(-1.5, 1.5)`` around each image's training factor; the target of e
 diameter after the resize: the image's measured diameter (importer metadata, masks, else point
 spacing: :mod:`weakseg.data.cellsize`) times the factor.
 
+The blob-scale cue (:mod:`weakseg.inference.blob_size`) is calibrated on up to :data:`BLOB_IMAGES` of the
+same training images at their native size; the size model keeps it, in place of the regression, when its
+90th-percentile error over those images (each left out of its own calibration) is below the
+regression's cross-validated one.
+
 The size model is stored as the checkpoint's ``size_model`` entry; the file is rewritten atomically
 with a new size and sha256 record (:func:`weakseg.checkpoint.save_checkpoint`).
 """
@@ -34,6 +39,8 @@ from weakseg.inference.sizing import (
 
 #: Training crops of a size model.
 N_SAMPLES = 256
+#: Training images the blob-scale calibration is fitted on (a seeded pick of larger sets).
+BLOB_IMAGES = 48
 
 
 def training_targets(cfg: Any, input_scale: Any, store: Any, seed: int = 0) -> list[tuple[Any, float, float]]:
@@ -104,7 +111,28 @@ def fit_size_model(
             principal.train(was_training)
     model = fit_size_regression(np.stack(rows), np.asarray(logs), trained_at, sources, seed)
     native = [d for _, _, d in targets]
-    return attrs.evolve(model, diameter_spread=float(max(native) / min(native)))
+    model = attrs.evolve(model, diameter_spread=float(max(native) / min(native)))
+    blob = _fit_blob(store, targets, rng)
+    if blob is not None and blob.usable and blob.error90 < model.error90:
+        model = attrs.evolve(model, blob=blob)
+    return model
+
+
+def _fit_blob(store: Any, targets: list[tuple[Any, float, float]], rng: np.random.Generator) -> Any:
+    """The blob-scale calibration on (a pick of) the training images, each read whole (centre cut to
+    :data:`~weakseg.inference.sizing.BLOB_REGION` pixels, as estimation reads it)."""
+    from weakseg.inference.blob_size import fit_blob_calibration
+    from weakseg.inference.sizing import BLOB_REGION
+
+    picked = [targets[i] for i in sorted(rng.permutation(len(targets))[:BLOB_IMAGES])]
+    images, diameters = [], []
+    for info, _, diameter in picked:
+        _, h, w = (int(v) for v in info.shape)
+        y0, x0 = max(0, (h - BLOB_REGION) // 2), max(0, (w - BLOB_REGION) // 2)
+        arr = store.image(info.image_id)
+        images.append(np.asarray(arr[..., y0 : y0 + BLOB_REGION, x0 : x0 + BLOB_REGION], np.float32))
+        diameters.append(diameter)
+    return fit_blob_calibration(images, diameters)
 
 
 def add_size_model(path: str | Path, model: SizeModel) -> Path:
@@ -120,9 +148,16 @@ def add_size_model(path: str | Path, model: SizeModel) -> Path:
 
 def describe(model: SizeModel) -> str:
     """One line about a fitted size model."""
+    if model.blob is not None:
+        b = model.blob
+        return (
+            f"size model: blob scale ({b.polarity} blobs) calibrated on {b.n_images} training images, trained "
+            f"cell diameter {model.cell_diameter:.3g} px, left-out median error {100 * b.error:.1f} % (90th "
+            f"percentile {100 * b.error90:.1f} %; the regression's: {100 * model.error90:.1f} %)"
+        )
     return (
-        f"size model: {model.n_samples} crops, trained cell diameter {model.cell_diameter:.3g} px, "
-        f"cross-validated median error {100 * model.error:.1f} %"
+        f"size model: regression on {model.n_samples} crops, trained cell diameter {model.cell_diameter:.3g} px, "
+        f"cross-validated median error {100 * model.error:.1f} % (90th percentile {100 * model.error90:.1f} %)"
     )
 
 

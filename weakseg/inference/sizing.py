@@ -16,6 +16,11 @@ cross-validation, predicts the log diameter.
 Estimation runs in passes: the image is resized by a first factor (the training factor), the diameter
 estimated there, and the image resized again to the training cell size by that estimate and measured
 once more, so that the last estimate is made where the regression was trained best.
+
+Where cells are compact blobs (nuclei), the scale at which the whole image's blobs respond most
+(:mod:`weakseg.inference.blob_size`, calibrated on the training images) is a sharper and training-free
+cue; a size model carries that calibration and uses it instead of the regression when it was the more
+accurate of the two on the training images (:attr:`SizeModel.blob`).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from weakseg.data.normalize import standardize
+from weakseg.inference.blob_size import BlobCalibration
 
 FORMAT = "weakseg-size-model/1"
 #: Side of the square crops the size model sees, in model-input pixels (smaller regions are padded
@@ -46,6 +52,8 @@ CROPS_PER_AXIS = 3
 #: Estimates are kept within this factor of the training cell diameter (a blank or odd image cannot ask
 #: for a resize that would blow up memory).
 MAX_FACTOR = 16.0
+#: Largest side of the image region a blob calibration measures (a centre cut of larger images).
+BLOB_REGION = 4096
 _RIDGE = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
 
 
@@ -125,6 +133,16 @@ class SizeModel:
     n_samples: int = 0
     #: Largest / smallest native cell diameter among the training images (nan: not recorded).
     diameter_spread: float = math.nan
+    #: 90th percentile of the cross-validated relative error.
+    error90: float = math.nan
+    #: The blob-scale calibration, when it estimates diameters better than the regression: then it alone
+    #: sizes images (see :func:`estimate_diameter`).
+    blob: BlobCalibration | None = None
+
+    @property
+    def method(self) -> str:
+        """``"blob scale"`` or ``"regression"``: what estimates a diameter."""
+        return "blob scale" if self.blob is not None else "regression"
 
     @property
     def sizes_new_images(self) -> bool:
@@ -151,6 +169,8 @@ class SizeModel:
             "error": float(self.error),
             "n_samples": int(self.n_samples),
             "diameter_spread": float(self.diameter_spread),
+            "error90": float(self.error90),
+            **({"blob": self.blob.to_dict()} if self.blob is not None else {}),
             "crop": CROP,
             "bands": N_BANDS,
         }
@@ -169,6 +189,8 @@ class SizeModel:
             error=float(d.get("error", math.nan)),
             n_samples=int(d.get("n_samples", 0)),
             diameter_spread=float(d.get("diameter_spread", math.nan)),
+            error90=float(d.get("error90", math.nan)),
+            blob=BlobCalibration.from_dict(d.get("blob")),
         )
 
 
@@ -190,7 +212,7 @@ def fit_ridge(
         folds = np.random.default_rng(seed).permutation(ids.max() + 1)[ids] % 5
     else:
         folds = np.random.default_rng(seed).permutation(len(y)) % 5
-    best = (math.inf, _RIDGE[0])
+    best = (math.inf, _RIDGE[0], math.nan)
     for lam in _RIDGE:
         errs = []
         for k in range(5):
@@ -201,9 +223,9 @@ def fit_ridge(
             errs.append(np.abs(np.expm1(z[te] @ w + b - y[te])))
         err = float(np.median(np.concatenate(errs))) if errs else math.nan
         if err < best[0]:
-            best = (err, lam)
+            best = (err, lam, float(np.percentile(np.concatenate(errs), 90)))
     w, b = _solve(z, y, best[1])
-    return SizeModel(w, b, mean, std, float(cell_diameter), best[0], len(y))
+    return SizeModel(w, b, mean, std, float(cell_diameter), best[0], len(y), error90=best[2])
 
 
 def fit_size_regression(
@@ -255,10 +277,17 @@ def estimate_diameter(
     """Typical cell diameter (pixels of ``image``) of a raw (C, H, W) array or view with ``read``.
 
     ``start`` is the first resize factor (the training factor); each later pass resizes by
-    ``cell_diameter`` / the previous estimate (see the module docstring). The estimate stays within
-    :data:`MAX_FACTOR` of ``cell_diameter`` either way.
+    ``cell_diameter`` / the previous estimate (see the module docstring). A model with a blob
+    calibration measures the image's blob scale instead (on its central :data:`BLOB_REGION` pixels at
+    most). The estimate stays within :data:`MAX_FACTOR` of ``cell_diameter`` either way.
     """
     _, h, w = (int(v) for v in image.shape)
+    lo, hi = model.cell_diameter / MAX_FACTOR, model.cell_diameter * MAX_FACTOR
+    if model.blob is not None:
+        y0, x0 = max(0, (h - BLOB_REGION) // 2), max(0, (w - BLOB_REGION) // 2)
+        y1, x1 = min(h, y0 + BLOB_REGION), min(w, x0 + BLOB_REGION)
+        region = image.read(y0, y1, x0, x1) if hasattr(image, "read") else image[:, y0:y1, x0:x1]
+        return float(min(max(model.blob.diameter(np.asarray(region, np.float32)), lo), hi))
     factor = float(start)
     diameter = model.cell_diameter / factor
     for _ in range(PASSES):
@@ -269,6 +298,6 @@ def estimate_diameter(
             x = resized(np.asarray(region, np.float32), factor, device)
             logs.append(model.predict_log(crop_features(principal, x)))
         diameter = math.exp(float(np.mean(logs))) / factor
-        diameter = min(max(diameter, model.cell_diameter / MAX_FACTOR), model.cell_diameter * MAX_FACTOR)
+        diameter = min(max(diameter, lo), hi)
         factor = model.cell_diameter / diameter
     return float(diameter)
