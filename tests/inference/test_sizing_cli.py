@@ -146,7 +146,7 @@ def test_load_sizes_each_image_and_a_checkpoint_without_a_size_model_behaves_as_
 
     proc = _cli("size-model", str(old), "--store", str(tmp / "store.zarr"), "--samples", "40", "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
-    assert "size model: 40 crops" in proc.stdout
+    assert "size model: regression on 40 crops" in proc.stdout
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no group-factor warning once the checkpoint has a size model
         assert weakseg.load(str(old), device="cpu").per_image
@@ -156,3 +156,21 @@ def test_size_model_cli_names_a_bad_store(run):
     _, result = run
     proc = _cli("size-model", str(result.checkpoint), "--store", "/nonexistent/store.zarr")
     assert proc.returncode == 2 and "--store /nonexistent/store.zarr" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_evaluate_at_true_diameters_names_each_images_measured_diameter(run):
+    from weakseg.data.access import open_data_store
+    from weakseg.data.cellsize import diameter_from_labels
+
+    tmp, result = run
+    image_id, _ = _val_image(tmp)
+    proc = _cli(
+        "evaluate", str(result.checkpoint), str(tmp / "store.zarr"), "--split", "val", "--device", "cpu", "--json",
+        "--true-diameters",
+    )
+    assert proc.returncode == 0, proc.stderr
+    sized = json.loads(proc.stdout)["images"][image_id]
+    labels = np.asarray(open_data_store(tmp / "store.zarr").labels(image_id)[...])
+    assert sized["sizing"] == "measured"
+    assert sized["diameter"] == pytest.approx(diameter_from_labels(labels), rel=1e-6)
+    assert sized["scale"] == pytest.approx(14.0 / sized["diameter"], rel=1e-6)

@@ -32,12 +32,18 @@ class EvalImage:
 
 
 def iter_eval_images(
-    cfg: DataConfig, split: str, max_images: int | None = None, *, scale: InputScale | None = None
+    cfg: DataConfig,
+    split: str,
+    max_images: int | None = None,
+    *,
+    scale: InputScale | None = None,
+    measured: bool = False,
 ) -> Iterator[EvalImage]:
     """Yield the images of ``split`` (restricted to ``cfg.groups``) one at a time, in store order.
 
     ``scale``: the run's input scale (measured on the store when not given, as for a checkpoint
-    evaluated on its own).
+    evaluated on its own). ``measured``: each image resized by its own cell diameter (masks, else
+    points), whatever the run's rescaling, as if its true diameter were given.
     """
     path = store_path(cfg)
     store = open_data_store(path)
@@ -46,7 +52,7 @@ def iter_eval_images(
         raise DataError(no_images_message(path, store, split, cfg.groups))
     if scale is None:
         scale = compute_input_scale(cfg, store)
-    per_image = scale.rescale == "image" and cfg.target_cell_size is not None
+    per_image = (measured or scale.rescale == "image") and cfg.target_cell_size is not None
     groups = list(store.groups)
     for n, info in enumerate(infos):
         if max_images is not None and n >= max_images:
@@ -57,7 +63,7 @@ def iter_eval_images(
         labels_arr = store.labels(info.image_id) if info.has_labels else None
         labels = None if labels_arr is None else np.asarray(labels_arr[...]).astype(np.int32, copy=False)
         factor = scale.image_scale(info.image_id, info.group)
-        if per_image and info.image_id not in scale.image_scales and info.group not in cfg.group_scales:
+        if per_image and (measured or (info.image_id not in scale.image_scales and info.group not in cfg.group_scales)):
             factor = _known_image_scale(cfg, store, info, labels, factor)
         yield EvalImage(
             image_id=info.image_id,

@@ -62,7 +62,13 @@ def register(subparsers: Any) -> None:
     )
     size.add_argument(
         "--known-sizes", action="store_true",
-        help="resize each image by the cell size measured on the store (its masks), as if each diameter were given",
+        help="resize images as the run resized its own: the training group factors measured on the store's "
+        "masks (each image's own size with data.rescale: image)",
+    )
+    size.add_argument(
+        "--true-diameters", action="store_true",
+        help="resize each image by its own cell diameter measured on its masks, as --diameter would with each "
+        "image's true value (the reference an automatic sizing is compared with)",
     )
     p.add_argument("--groups", nargs="+", metavar="GROUP", help="only these groups (cell lines)")
     p.add_argument("--batch-size", type=int, default=4, help="images or tiles per forward pass")
@@ -93,7 +99,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     data_cfg = attrs.evolve(recipe.data, store=str(store), synthetic=None, groups=tuple(args.groups or ()))
     threshold = args.score_threshold if args.score_threshold is not None else recipe.eval.score_threshold
     mask_threshold = args.mask_threshold if args.mask_threshold is not None else recipe.eval.mask_threshold
-    sizer = None if args.known_sizes else image_sizer(
+    sizer = None if args.known_sizes or args.true_diameters else image_sizer(
         ckpt, strategy.principal(), scale=args.scale, diameter=args.diameter, device=device, groups_known=True
     )
 
@@ -117,6 +123,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         keep_sample=bool(args.panel),
         progress=progress,
         sizer=sizer,
+        measured_sizes=args.true_diameters,
     )
     if progress is not None:
         print(file=sys.stderr)
@@ -130,7 +137,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(result.to_json())
     else:
         print(result.table(), end="")
-        if sizer is not None and sizer.per_image:
+        if (sizer is not None and sizer.per_image) or args.true_diameters:
             print(result.sizes_table(), end="")
         if result.sweep:
             print(f"overall metrics by mask threshold (split {args.split!r}; * = best AP50):")

@@ -49,6 +49,7 @@ def evaluate_strategy(
     progress: Callable[[int, str], None] | None = None,
     input_scale: Any = None,
     sizer: Any = None,
+    measured_sizes: bool = False,
 ) -> EvalResult:
     """Score ``strategy.principal()`` on ``split`` of the store of ``data_cfg`` (a DataConfig).
 
@@ -72,6 +73,8 @@ def evaluate_strategy(
         input_scale: the run's :class:`~weakseg.data.scales.InputScale` (measured on the store when None).
         sizer: an :class:`~weakseg.inference.scale.ImageSizer` (as ``weakseg predict`` uses): images are
             resized as it says, not by the store's measured factor, and named in ``result.images``.
+        measured_sizes: resize each image by its own cell diameter measured on the store (its masks), as
+            ``--diameter`` would with each image's true value; named in ``result.images``.
     """
     import torch
 
@@ -87,9 +90,10 @@ def evaluate_strategy(
         mask_threshold=mask_threshold, sweep=sweep, keep_sample=keep_sample and rank == 0, progress=progress,
     )
     run.sizer = sizer  # the same sizing as prediction, when given
+    run.cell_size = getattr(data_cfg, "target_cell_size", None) if measured_sizes else None
     try:
         with torch.no_grad():
-            images = iter_eval_images(data_cfg, split, max_images, scale=input_scale)
+            images = iter_eval_images(data_cfg, split, max_images, scale=input_scale, measured=measured_sizes)
             run.score_all(ev for i, ev in enumerate(images) if i % world == rank)
     finally:
         if hasattr(module, "train"):
@@ -176,6 +180,7 @@ class _EvalRun:
         self.n_unlabeled = 0
         self.n_seen = 0
         self.sizer: Any = None
+        self.cell_size: float | None = None
         self.sizes: dict[str, dict[str, Any]] = {}
 
     def predictor_for(self, scale: float) -> Any:
@@ -215,6 +220,9 @@ class _EvalRun:
     def scale_of(self, ev: Any) -> float:
         """The factor of one image: the ``scale`` option, else the sizer's, else the image's own."""
         if self.fixed_scale is not None or self.sizer is None:
+            if self.cell_size and self.fixed_scale is None:
+                diameter = self.cell_size / ev.scale
+                self.sizes[ev.image_id] = {"scale": ev.scale, "diameter": diameter, "sizing": "measured"}
             return float(self.fixed_scale or ev.scale)
         sizing = self.sizer.size(ev.image, ev.group)
         self.sizes[ev.image_id] = sizing.to_dict()
