@@ -116,6 +116,16 @@ def ensure_store(name: str, data_root: Path) -> Path:
     return store
 
 
+def write_page(doc: Path, text: str, check: bool = False) -> int:
+    """Write a results page, or with ``check`` only say whether it differs from ``text`` (exit code 1 if so)."""
+    if check:
+        stale = not doc.exists() or doc.read_text() != text
+        print(f"{doc} is {'stale' if stale else 'up to date'}", file=sys.stderr if stale else sys.stdout)
+        return int(stale)
+    doc.write_text(text)
+    return 0
+
+
 def final_metrics(run_dir: Path) -> dict[str, Any]:
     """The newest ``eval/metrics-step-N.json`` of a run folder (its final evaluation)."""
     files = sorted((run_dir / "eval").glob("metrics-step-*.json"))

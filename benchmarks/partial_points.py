@@ -46,7 +46,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from accuracy import DATASETS, REPO, ensure_store, final_metrics, machine_info, weakseg_cmd  # noqa: E402
+from accuracy import DATASETS, REPO, ensure_store, final_metrics, machine_info, weakseg_cmd, write_page  # noqa: E402
 
 STORED = REPO / "benchmarks" / "results" / "partial_points.json"
 DOC = REPO / "docs" / "partial_points.md"
@@ -211,13 +211,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render_only:
-        text = page(json.loads(STORED.read_text()))
-        if args.check:
-            stale = not DOC.exists() or DOC.read_text() != text
-            print(f"{DOC} is {'stale' if stale else 'up to date'}", file=sys.stderr if stale else sys.stdout)
-            return int(stale)
-        DOC.write_text(text)
-        return 0
+        return write_page(DOC, page(json.loads(STORED.read_text())), args.check)
     args.out = args.out.resolve()
     for dataset in args.datasets.split(","):
         ensure_store(dataset, args.data)

@@ -35,7 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from accuracy import DATASETS, REPO, ensure_store, machine_info, weakseg_cmd  # noqa: E402
+from accuracy import DATASETS, REPO, ensure_store, machine_info, weakseg_cmd, write_page  # noqa: E402
 
 STORED = REPO / "benchmarks" / "results" / "sizing.json"
 DOC = REPO / "docs" / "sizing.md"
@@ -129,13 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     stored = json.loads(STORED.read_text()) if STORED.exists() else {}
     if args.render_only:
-        text = page(stored)
-        if args.check:
-            stale = not DOC.exists() or DOC.read_text() != text
-            print(f"{DOC} is {'stale' if stale else 'up to date'}")
-            return int(stale)
-        DOC.write_text(text)
-        return 0
+        return write_page(DOC, page(stored), args.check)
     args.out = args.out.resolve()
     for dataset in args.datasets.split(","):
         ensure_store(dataset, args.data)
