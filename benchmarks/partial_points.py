@@ -17,7 +17,7 @@ supervised         masks on every training image (``supervised_<dataset>_cpu.yam
 =================  ===================================================================================
 
 "Handling on" (rows ending in ``+``) is ``strategy.unlabelled: {type: pu, prior: 0.2}`` with
-``strategy.pseudo_points: {after: 0.3, threshold: 0.8}`` for the missed-cell rows, and the stored
+``strategy.pseudo_points: {after: 0.3, threshold: 0.5, limit: 0.5}`` for the missed-cell rows, and the stored
 annotated region (``data.use_regions: true``, the default) for ``half``; "off" leaves them out
 (``data.use_regions: false`` for ``half``: its unclicked right half is taught as background).
 
@@ -56,7 +56,10 @@ METRICS = ("AP50", "dice", "F1")
 ORDER = ("kromp", "usiigaci")
 
 #: The partial-label handling for missed cells (a 20 % guess of the unlabelled share).
-HANDLING = {"strategy.unlabelled": "{type: pu, prior: 0.2}", "strategy.pseudo_points": "{after: 0.3, threshold: 0.8}"}
+HANDLING = {
+    "strategy.unlabelled": "{type: pu, prior: 0.2}",
+    "strategy.pseudo_points": "{after: 0.3, threshold: 0.5, limit: 0.5}",
+}
 DROP = "{type: jitter, move: 0.0, distance: 0.0, drop: 0.2}"
 DROP_JITTER = "{type: jitter, move: 0.5, distance: 5.0, drop: 0.2}"
 HALF = "{type: region, base: {type: centroids}, region: {type: left_half, fraction: 0.5}}"

@@ -299,7 +299,9 @@ class CksStrategy(PrincipalStrategy):
 
         def add(out: Any, points: list[torch.Tensor]) -> list[torch.Tensor]:
             detections = self.principal_model.detect(out, min_score=cfg.threshold)
-            found = pseudo_points(detections, points, threshold=cfg.threshold, distance=cfg.distance)
+            found = pseudo_points(
+                detections, points, threshold=cfg.threshold, distance=cfg.distance, limit=cfg.limit
+            )
             self._pseudo_found += sum(int(f.shape[0]) for f in found)
             return [torch.cat([p, f.to(p)]) for p, f in zip(points, found, strict=True)]
 

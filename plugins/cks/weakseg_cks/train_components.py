@@ -281,9 +281,11 @@ class PseudoPointsConfig:
     #: Burn-in: pseudo points are added from this fraction of ``train.steps`` on.
     after: float = attrs.field(default=0.3, validator=[attrs.validators.ge(0.0), attrs.validators.le(1.0)])
     #: A detection of the principal model becomes a pseudo point when its score is at least this.
-    threshold: float = attrs.field(default=0.8, validator=_open_fraction)
+    threshold: float = attrs.field(default=0.5, validator=_open_fraction)
     #: ... and no labelled point lies within this many pixels (it would be that point's detection).
     distance: float = attrs.field(default=12.0, validator=attrs.validators.gt(0))
+    #: At most this many pseudo points per labelled point of a training crop (best scores first); null: no cap.
+    limit: float | None = attrs.field(default=0.5, validator=attrs.validators.optional(non_negative))
 
 
 @attrs.frozen(kw_only=True)

@@ -117,6 +117,20 @@ def test_pseudo_points_only_above_the_threshold_and_away_from_points():
     assert none.shape == (0, 2)
 
 
+def test_pseudo_points_are_capped_per_labelled_point_best_first():
+    scores = torch.tensor([0.6, 0.9, 0.7, 0.95])
+    locs = torch.tensor([[10.0, 10.0], [30.0, 30.0], [50.0, 50.0], [90.0, 90.0]])
+    one = [torch.tensor([[70.0, 10.0]])]
+    capped = pseudo_points([(scores, locs)], one, threshold=0.5, distance=12.0, limit=0.5)[0]
+    assert capped.tolist() == [[90.0, 90.0]]  # ceil(0.5 * 1) = 1, the best
+    four = [torch.tensor([[70.0, 10.0], [70.0, 20.0], [70.0, 30.0], [70.0, 40.0]])]
+    two = pseudo_points([(scores, locs)], four, threshold=0.5, distance=12.0, limit=0.5)[0]
+    assert two.tolist() == [[90.0, 90.0], [30.0, 30.0]]
+    unlabelled = pseudo_points([(scores, locs)], [torch.zeros(0, 2)], threshold=0.5, distance=12.0, limit=0.5)[0]
+    assert unlabelled.shape == (0, 2)  # a crop without points gets none
+    assert pseudo_points([(scores, locs)], one, threshold=0.5, distance=12.0, limit=None)[0].shape == (4, 2)
+
+
 def test_strategy_adds_pseudo_points_after_the_burn_in_and_reports_them():
     low = make_strategy({"type": "cks", "pseudo_points": {"after": 0.5, "threshold": 0.05}}, steps=10)
     batch = disc_batch()
