@@ -17,8 +17,8 @@ supervised         masks on every training image (``supervised_<dataset>_cpu.yam
 =================  ===================================================================================
 
 "Handling on" (rows ending in ``+``) is ``strategy.unlabelled: {type: pu, prior: 0.2}`` with
-``strategy.pseudo_points: {after: 0.3, threshold: 0.5, limit: 0.5}`` for the missed-cell rows, and the stored
-annotated region (``data.use_regions: true``, the default) for ``half``; "off" leaves them out
+``strategy.pseudo_points: {after: 0.3, threshold: 0.5, limit: 0.5}`` and, for ``half``, the stored
+annotated region too (``data.use_regions: true``, the default); "off" leaves them out
 (``data.use_regions: false`` for ``half``: its unclicked right half is taught as background).
 
 Each finished row is kept in ``<out>/results/<dataset>-<row>.json`` and merged into
@@ -78,7 +78,8 @@ ROWS: dict[str, tuple[str, str, dict[str, str]]] = {
     ),
     "half": ("left half of each image, region ignored", "cks_{}_cpu.yaml", {"data.label_source": HALF,
                                                                           "data.use_regions": "false"}),
-    "half+": ("left half of each image, region given", "cks_{}_cpu.yaml", {"data.label_source": HALF}),
+    "half+": ("left half of each image, region given, handling on", "cks_{}_cpu.yaml",
+              {"data.label_source": HALF, **HANDLING}),
     "mixed4": ("masks on 4 images, points on the rest", "cks_{}_cpu.yaml",
                {"strategy.type": "mixed", "data.mask_images": "4"}),
     "supervised": ("masks on every image (supervised)", "supervised_{}_cpu.yaml", {}),
