@@ -296,36 +296,6 @@ def select_detections(
     return scores[idx], locations[idx]
 
 
-def pseudo_points(
-    detections: Sequence[tuple[torch.Tensor, torch.Tensor]],
-    points: Sequence[torch.Tensor],
-    *,
-    threshold: float,
-    distance: float,
-    limit: float | None = None,
-) -> list[torch.Tensor]:
-    """Confident detections far from every labelled point: (K_b, 2) per image, for self-training.
-
-    A detection is kept when its score is at least ``threshold`` and no point of its image lies
-    within ``distance`` pixels (it would be that point's own detection). ``limit`` caps the kept ones
-    at ``ceil(limit * points of the image)``, best scores first: an image (crop) holds only so many
-    missed cells per clicked one, and a cap keeps a detector that fires on texture from flooding the
-    losses with false instances.
-    """
-    out = []
-    for (scores, locs), pts in zip(detections, points, strict=True):
-        keep = scores >= threshold
-        scores, locs = scores[keep].detach(), locs[keep].detach().float()
-        if locs.shape[0] and pts.shape[0]:
-            far = torch.cdist(locs, pts.to(locs).reshape(-1, 2)).min(1).values >= distance
-            scores, locs = scores[far], locs[far]
-        if limit is not None:
-            cap = math.ceil(limit * int(pts.shape[0]) - 1e-9)
-            locs = locs[torch.sort(scores, descending=True, stable=True).indices[:cap]]
-        out.append(locs)
-    return out
-
-
 def match_training_locations(
     det_locations: torch.Tensor, det_scores: torch.Tensor, points: torch.Tensor, max_offset: float = 12.0
 ) -> torch.Tensor:

@@ -37,7 +37,6 @@ from weakseg.errors import DataError, RecipeError
 from weakseg.recipe import LossSpec, raise_problems
 from weakseg.registry import close_matches
 from weakseg.strategy import StrategyModule
-from weakseg_cks.detection import pseudo_points
 from weakseg_cks.losses import (
     SupervisedInstanceLoss,
     crop_geometry,
@@ -46,6 +45,7 @@ from weakseg_cks.losses import (
     mask_centroids,
     supervised_foreground_loss,
 )
+from weakseg_cks.self_training import pseudo_points
 from weakseg_cks.train_components import (
     CksStrategyConfig,
     MixedStrategyConfig,
@@ -299,8 +299,15 @@ class CksStrategy(PrincipalStrategy):
 
         def add(out: Any, points: list[torch.Tensor]) -> list[torch.Tensor]:
             detections = self.principal_model.detect(out, min_score=cfg.threshold)
+            segment = None
+            if cfg.separate:
+
+                def segment(locations: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+                    crops = self.principal_model.segment(out, locations)
+                    return crops.logits.detach(), crops.origins
+
             found = pseudo_points(
-                detections, points, threshold=cfg.threshold, distance=cfg.distance, limit=cfg.limit
+                detections, points, threshold=cfg.threshold, distance=cfg.distance, limit=cfg.limit, segment=segment
             )
             self._pseudo_found += sum(int(f.shape[0]) for f in found)
             return [torch.cat([p, f.to(p)]) for p, f in zip(points, found, strict=True)]

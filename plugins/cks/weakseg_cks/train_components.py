@@ -286,6 +286,8 @@ class PseudoPointsConfig:
     distance: float = attrs.field(default=12.0, validator=attrs.validators.gt(0))
     #: At most this many pseudo points per labelled point of a training crop (best scores first); null: no cap.
     limit: float | None = attrs.field(default=0.5, validator=attrs.validators.optional(non_negative))
+    #: Drop a detection inside the predicted mask of a point or of a better pseudo point (the same cell).
+    separate: bool = True
 
 
 @attrs.frozen(kw_only=True)

@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 from test_strategies_cks import disc_batch, make_strategy
-from weakseg_cks.detection import detection_loss_terms, pseudo_points, pu_negative_weight
+from weakseg_cks.detection import detection_loss_terms, pu_negative_weight
 from weakseg_cks.losses import BorderConsistency, ForegroundConsistency, crop_geometry, foreground_weights
+from weakseg_cks.self_training import pseudo_points
 
 from weakseg.components import Batch
 from weakseg.errors import RecipeError
@@ -129,6 +130,41 @@ def test_pseudo_points_are_capped_per_labelled_point_best_first():
     unlabelled = pseudo_points([(scores, locs)], [torch.zeros(0, 2)], threshold=0.5, distance=12.0, limit=0.5)[0]
     assert unlabelled.shape == (0, 2)  # a crop without points gets none
     assert pseudo_points([(scores, locs)], one, threshold=0.5, distance=12.0, limit=None)[0].shape == (4, 2)
+
+
+def disc_segmenter(radius):
+    """A stand-in principal: the mask of a location is a disc of ``radius(location)`` px around it."""
+
+    def segment(locations):
+        size, logits, origins = 48, [], []
+        grid = torch.stack(torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij"), -1) + 0.5
+        for loc in torch.cat(locations):
+            origin = torch.floor(loc).long() - size // 2
+            dist = (grid + origin - loc).norm(dim=-1)
+            logits.append(radius(loc) - dist)
+            origins.append(origin)
+        return torch.stack(logits), torch.stack(origins)
+
+    return segment
+
+
+def test_pseudo_points_inside_a_cells_mask_are_that_cell():
+    big = {(40.0, 40.0): 18.0}  # one large labelled cell; everything else has a 6 px mask
+    segment = disc_segmenter(lambda loc: big.get(tuple(loc.tolist()), 6.0))
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6])
+    locs = torch.tensor([[54.0, 40.0], [80.0, 80.0], [84.0, 80.0], [100.0, 40.0]])
+    points = [torch.tensor([[40.0, 40.0]])]
+    found = pseudo_points([(scores, locs)], points, threshold=0.5, distance=12.0, segment=segment)[0]
+    # (54, 40) lies in the labelled cell's mask; (84, 80) in the better candidate's: both the same cell
+    assert found.tolist() == [[80.0, 80.0], [100.0, 40.0]]
+    assert pseudo_points([(scores, locs)], points, threshold=0.5, distance=12.0)[0].shape == (4, 2)
+    # a candidate whose own mask holds the point is that cell too
+    grown = disc_segmenter(lambda loc: 20.0 if loc[0].item() == 54.0 else 6.0)
+    held = pseudo_points([(scores, locs)], points, threshold=0.5, distance=12.0, segment=grown)[0]
+    assert [54.0, 40.0] not in held.tolist()
+    # the cap counts what the masks leave
+    capped = pseudo_points([(scores, locs)], points, threshold=0.5, distance=12.0, limit=1.0, segment=segment)[0]
+    assert capped.tolist() == [[80.0, 80.0]]
 
 
 def test_strategy_adds_pseudo_points_after_the_burn_in_and_reports_them():
