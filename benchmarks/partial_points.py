@@ -12,7 +12,8 @@ complete           one point per cell, at its centroid
 drop20             20 % of the points dropped at random
 drop20_jitter      20 % dropped, half of the rest moved by up to 5 px
 half               points on the left half of each image only
-mixed4             masks on 4 training images, points on the rest (``strategy: {type: mixed}``)
+mixed4             masks on 4 training images, points on the rest (``strategy: {type: mixed}``); half of
+                   the training crops come from the masked images (``data.mask_share: 0.5``)
 supervised         masks on every training image (``supervised_<dataset>_cpu.yaml``), the reference
 =================  ===================================================================================
 
@@ -80,8 +81,8 @@ ROWS: dict[str, tuple[str, str, dict[str, str]]] = {
                                                                           "data.use_regions": "false"}),
     "half+": ("left half of each image, region given, handling on", "cks_{}_cpu.yaml",
               {"data.label_source": HALF, **HANDLING}),
-    "mixed4": ("masks on 4 images, points on the rest", "cks_{}_cpu.yaml",
-               {"strategy.type": "mixed", "data.mask_images": "4"}),
+    "mixed4": ("masks on 4 images (half of the crops), points on the rest", "cks_{}_cpu.yaml",
+               {"strategy.type": "mixed", "data.mask_images": "4", "data.mask_share": "0.5"}),
     "supervised": ("masks on every image (supervised)", "supervised_{}_cpu.yaml", {}),
 }
 

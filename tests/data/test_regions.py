@@ -138,6 +138,23 @@ def test_mask_images_keeps_the_masks_of_a_seeded_few(store):
     assert not any(e.has_labels for e in none.entries)
 
 
+def test_mask_share_repeats_the_crops_of_the_masked_images(store):
+    path, _ = store
+    plain = build_train_dataset(DataConfig(store=str(path), crop_size=48, num_workers=0, mask_images=1), seed=3)
+    cfg = DataConfig(store=str(path), crop_size=48, num_workers=0, mask_images=1, mask_share=0.8)
+    shared = build_train_dataset(cfg, seed=3)
+    masked = sum(e.n_crops for e in shared.entries if e.has_labels)
+    assert masked / len(shared) == pytest.approx(0.8, abs=0.05)
+    assert masked > sum(e.n_crops for e in plain.entries if e.has_labels)
+    unmasked = [e.n_crops for e in shared.entries if not e.has_labels]
+    assert unmasked == [e.n_crops for e in plain.entries if not e.has_labels]  # the others unchanged
+    crop = next(k for k in range(len(shared)) if shared.entries[shared.locate(k)[0]].has_labels)
+    assert shared[(0, crop)].mask is not None
+    full = build_train_dataset(DataConfig(store=str(path), crop_size=48, num_workers=0), seed=3)
+    all_masked = build_train_dataset(DataConfig(store=str(path), crop_size=48, num_workers=0, mask_share=0.8), seed=3)
+    assert len(all_masked) == len(full)  # every image has masks: nothing to repeat
+
+
 def test_crops_overlap_the_region_and_carry_the_annotated_mask(store):
     path, _ = store
     s = open_store(path)

@@ -130,6 +130,8 @@ def build_train_dataset(cfg: DataConfig, *, seed: int, scale: InputScale | None 
         )
     if cfg.mask_images is not None:
         entries = keep_masks_of(entries, cfg.mask_images, seed)
+    if cfg.mask_share is not None:
+        entries = repeat_masked(entries, cfg.mask_share)
     return CropDataset(path, entries, points, crop_size=cfg.crop_size, augment=cfg.augment, seed=seed)
 
 
@@ -140,6 +142,19 @@ def keep_masks_of(entries: list[ImageEntry], count: int, seed: int) -> list[Imag
     rng = np.random.default_rng([seed, 0x6D61736B])  # its own stream: the pick does not move crop sampling
     kept = set(rng.permutation(labelled)[:count].tolist()) if labelled else set()
     return [e if e.image_id in kept else attrs.evolve(e, has_labels=False) for e in entries]
+
+
+def repeat_masked(entries: list[ImageEntry], share: float) -> list[ImageEntry]:
+    """``entries`` with the crops of the images that have masks repeated so that they make about ``share``
+    of all crops (``data.mask_share``); unchanged unless some images have masks and some do not."""
+    masked = sum(e.n_crops for e in entries if e.has_labels)
+    other = sum(e.n_crops for e in entries if not e.has_labels)
+    if not masked or not other:
+        return entries
+    factor = share * other / ((1.0 - share) * masked)
+    if factor <= 1.0:
+        return entries
+    return [attrs.evolve(e, n_crops=max(1, round(e.n_crops * factor))) if e.has_labels else e for e in entries]
 
 
 class TrainLoader:

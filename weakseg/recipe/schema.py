@@ -99,6 +99,12 @@ class DataConfig:
     #: train from their points as if they had no masks. null uses every mask in the store. For measuring how
     #: few masks ``strategy: {type: mixed}`` needs on a fully labelled set.
     mask_images: int | None = attrs.field(default=None, validator=non_negative)
+    #: Share of the training crops taken from the images with masks when only some have them (their crops
+    #: repeat): with ``strategy: {type: mixed}`` a few masked images would otherwise give only their share
+    #: of the area. null draws every image in proportion to its area.
+    mask_share: float | None = attrs.field(
+        default=None, validator=attrs.validators.optional([attrs.validators.gt(0.0), attrs.validators.lt(1.0)])
+    )
     #: Side of the square training crops, in pixels after rescaling; smaller images are padded. Each image
     #: gives about (scaled area / crop area) crops per epoch; larger crops add context and memory.
     crop_size: int = attrs.field(default=544, validator=positive)
