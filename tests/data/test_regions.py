@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from weakseg.data.dataset import build_train_dataset, make_train_loader
 from weakseg.data.partial import region_for
@@ -174,6 +175,32 @@ def test_crops_overlap_the_region_and_carry_the_annotated_mask(store):
     assert batch.annotated.shape == (3, 32, 32) and str(batch.annotated.dtype) == "torch.float32"
     assert set(np.unique(batch.annotated.numpy())) <= {0.0, 1.0}
     loader.close()
+
+
+def test_region_margin_shrinks_the_annotated_mask_by_its_pixels(store):
+    path, _ = store
+    s = open_store(path)
+    for image_id, shape in (("a", (120, 160)), ("b", (100, 100))):
+        mask = np.zeros(shape, np.uint8)
+        mask[:, : shape[1] // 2] = 1
+        s.write_region(image_id, mask, {"test": True})
+    exact = build_train_dataset(DataConfig(store=str(path), crop_size=32, num_workers=0, region_margin=0), seed=0)
+    shrunk = build_train_dataset(DataConfig(store=str(path), crop_size=32, num_workers=0, region_margin=4), seed=0)
+    edges = 0
+    for k in range(len(exact)):
+        a, b = exact[(0, k)].annotated.astype(bool), shrunk[(0, k)].annotated.astype(bool)
+        assert not (b & ~a).any()  # never grows
+        if a.all():
+            assert b.all()  # nothing to shrink from
+            continue
+        edges += 1
+        np.testing.assert_array_equal(b, ndimage.distance_transform_edt(a) > 4)
+        assert (a & ~b).any()
+    assert edges > 0
+    # the default: half of the target cell size
+    sized = DataConfig(store=str(path), crop_size=32, num_workers=0, target_cell_size=10.0)
+    assert build_train_dataset(sized, seed=0).region_margin == 5.0
+    assert exact.region_margin == 0.0
 
 
 def test_without_regions_batches_carry_no_mask_and_crops_are_unchanged(store):

@@ -20,6 +20,7 @@ from typing import Any
 
 import attrs
 import numpy as np
+from scipy import ndimage
 
 from weakseg.data.access import open_data_store
 from weakseg.data.augment import (
@@ -98,6 +99,7 @@ class CropDataset:
         seed: int,
         label_margin: int = 64,
         stats_cache_size: int = 4096,
+        region_margin: float = 0.0,
     ) -> None:
         if len(entries) != len(points):
             raise ValueError("one point array per image entry is needed")
@@ -109,6 +111,7 @@ class CropDataset:
         self.augment = augment
         self.seed = int(seed)
         self.label_margin = int(label_margin)
+        self.region_margin = float(region_margin)
         self.stats_cache_size = int(stats_cache_size)
         # points of every image, sorted by y, in one array (cheap to pickle into spawned workers)
         sorted_pts = [_sort_by_y(p) for p in points]
@@ -200,6 +203,9 @@ class CropDataset:
             return np.ones((self.crop_size, self.crop_size), np.uint8)
         out = transform.warp(np.asarray(reader[y0:y1, x0:x1]), box, order=0).astype(np.uint8)
         out[~transform.valid()] = 1
+        if self.region_margin > 0 and not out.all():
+            # the region shrunk by the margin: distance to the nearest unannotated pixel
+            out = (ndimage.distance_transform_edt(out) > self.region_margin).astype(np.uint8)
         return out
 
     def render(

@@ -132,7 +132,12 @@ def build_train_dataset(cfg: DataConfig, *, seed: int, scale: InputScale | None 
         entries = keep_masks_of(entries, cfg.mask_images, seed)
     if cfg.mask_share is not None:
         entries = repeat_masked(entries, cfg.mask_share)
-    return CropDataset(path, entries, points, crop_size=cfg.crop_size, augment=cfg.augment, seed=seed)
+    margin = cfg.region_margin
+    if margin is None:
+        margin = 0.5 * cfg.target_cell_size if cfg.target_cell_size else 0.0
+    return CropDataset(
+        path, entries, points, crop_size=cfg.crop_size, augment=cfg.augment, seed=seed, region_margin=margin
+    )
 
 
 def keep_masks_of(entries: list[ImageEntry], count: int, seed: int) -> list[ImageEntry]:

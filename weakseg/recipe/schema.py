@@ -95,6 +95,10 @@ class DataConfig:
     #: label source keeps) limits where an unlabelled pixel is taught as background; false treats every
     #: image as annotated everywhere (what a complete point set means).
     use_regions: bool = True
+    #: Pixels (of the training crops) inside an annotated region's edge that are not taught as background
+    #: either: a cell whose point lies just outside the region reaches into it. null: half of
+    #: ``target_cell_size`` (a cell radius; 0 without one).
+    region_margin: float | None = attrs.field(default=None, validator=non_negative)
     #: Use the masks of only this many training images (picked at random with ``train.seed``); the others
     #: train from their points as if they had no masks. null uses every mask in the store. For measuring how
     #: few masks ``strategy: {type: mixed}`` needs on a fully labelled set.
