@@ -14,6 +14,7 @@ drop20_jitter      20 % dropped, half of the rest moved by up to 5 px
 half               points on the left half of each image only
 mixed4             masks on 4 training images, points on the rest (``strategy: {type: mixed}``); half of
                    the training crops come from the masked images (``data.mask_share: 0.5``)
+mixed4_area        the same, each image giving crops in proportion to its area (no ``mask_share``)
 supervised         masks on every training image (``supervised_<dataset>_cpu.yaml``), the reference
 =================  ===================================================================================
 
@@ -83,6 +84,8 @@ ROWS: dict[str, tuple[str, str, dict[str, str]]] = {
               {"data.label_source": HALF, **HANDLING}),
     "mixed4": ("masks on 4 images (half of the crops), points on the rest", "cks_{}_cpu.yaml",
                {"strategy.type": "mixed", "data.mask_images": "4", "data.mask_share": "0.5"}),
+    "mixed4_area": ("masks on 4 images (crops by area), points on the rest", "cks_{}_cpu.yaml",
+                    {"strategy.type": "mixed", "data.mask_images": "4"}),
     "supervised": ("masks on every image (supervised)", "supervised_{}_cpu.yaml", {}),
 }
 
