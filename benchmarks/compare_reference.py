@@ -15,8 +15,8 @@ What it does, in order:
    invocation times 3 repeats after its warm-up (the reference's after JIT compilation, which takes
    about 5 minutes for the training step);
 4. prints one table: median seconds, the ratio reference / weakseg, achieved GFLOP/s and its share of
-   the matching matmul peak, the load average at the start and at the end; with ``--profile`` the top operators of
-   weakseg's bf16 cases.
+   the matching matmul peak, the system load (1 and 5 min) at the start and at the end; with
+   ``--profile`` the top operators of weakseg's bf16 cases.
 
 Usage (from the repository root; about 25 minutes on 2 cores; run it on a quiet machine)::
 
@@ -172,7 +172,7 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     lines = [
         f"threads {args.threads}; matmul peak fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s; "
-        f"load average at the start {load_before[0]:.2f} / {load_before[1]:.2f}, at the end {load_after[0]:.2f} / "
+        f"system load at the start {load_before[0]:.2f} / {load_before[1]:.2f}, at the end {load_after[0]:.2f} / "
         f"{load_after[1]:.2f} (1 / 5 min)",
         "",
         "| case | reference (s) | weakseg bf16 (s) | weakseg fp32 (s) | ratio bf16 | ratio fp32 "

@@ -156,13 +156,18 @@ def test_mask_share_repeats_the_crops_of_the_masked_images(store):
     assert len(all_masked) == len(full)  # every image has masks: nothing to repeat
 
 
-def test_crops_overlap_the_region_and_carry_the_annotated_mask(store):
-    path, _ = store
+def write_left_regions(path, fraction):
+    """Mark the left ``fraction`` of both fixture images (a, b) annotated."""
     s = open_store(path)
     for image_id, shape in (("a", (120, 160)), ("b", (100, 100))):
         mask = np.zeros(shape, np.uint8)
-        mask[:, : shape[1] // 4] = 1
+        mask[:, : round(shape[1] * fraction)] = 1
         s.write_region(image_id, mask, {"test": True})
+
+
+def test_crops_overlap_the_region_and_carry_the_annotated_mask(store):
+    path, _ = store
+    write_left_regions(path, 1 / 4)
     cfg = DataConfig(store=str(path), crop_size=32, num_workers=0)
     dataset = build_train_dataset(cfg, seed=0)
     assert [e.region for e in dataset.entries] == ["annotated", "annotated"]
@@ -179,11 +184,7 @@ def test_crops_overlap_the_region_and_carry_the_annotated_mask(store):
 
 def test_region_margin_shrinks_the_annotated_mask_by_its_pixels(store):
     path, _ = store
-    s = open_store(path)
-    for image_id, shape in (("a", (120, 160)), ("b", (100, 100))):
-        mask = np.zeros(shape, np.uint8)
-        mask[:, : shape[1] // 2] = 1
-        s.write_region(image_id, mask, {"test": True})
+    write_left_regions(path, 1 / 2)
     exact = build_train_dataset(DataConfig(store=str(path), crop_size=32, num_workers=0, region_margin=0), seed=0)
     shrunk = build_train_dataset(DataConfig(store=str(path), crop_size=32, num_workers=0, region_margin=4), seed=0)
     edges = 0
