@@ -8,6 +8,8 @@ a distance from every labelled point of its image. Two filters keep the candidat
   candidate, or whose own mask holds one of those points, is the same cell seen twice (a large or
   elongated cell splits into several detections) and is dropped. A point-distance rule alone cannot
   tell a neighbour from a second detection on the same cell: the cells differ in size;
+- **where** (``allowed``): an image whose points are complete inside its annotated region can
+  keep pseudo points out of it, so they go only where nobody clicked;
 - **a cap** (``limit``): at most ``ceil(limit x labelled points)`` per image (training crop), best
   scores first, so a detector that fires on texture cannot flood the losses with false instances.
 """
@@ -31,17 +33,24 @@ def pseudo_points(
     distance: float,
     limit: float | None = None,
     segment: Segmenter | None = None,
+    allowed: Sequence[torch.Tensor | None] | None = None,
 ) -> list[torch.Tensor]:
     """Confident detections that are new cells: (K_b, 2) per image, best scores first.
 
     ``detections`` are (scores, locations) per image; a detection is kept when its score is at least
-    ``threshold``, no point of its image lies within ``distance`` pixels, it is a cell of its own by
-    the masks of ``segment`` (when given: see :func:`distinct_cells`) and it is among the best
-    ``ceil(limit * points of the image)`` (no cap when ``limit`` is None).
+    ``threshold``, it lies on a true pixel of its image's ``allowed`` mask (H, W) (when given; None
+    for an image allows every pixel), no point of its image lies within ``distance`` pixels, it is a
+    cell of its own by the masks of ``segment`` (when given: see :func:`distinct_cells`) and it is
+    among the best ``ceil(limit * points of the image)`` (no cap when ``limit`` is None).
     """
     candidates = []
-    for (scores, locs), pts in zip(detections, points, strict=True):
+    masks = list(allowed) if allowed is not None else [None] * len(points)
+    for (scores, locs), pts, mask in zip(detections, points, masks, strict=True):
         keep = scores >= threshold
+        if mask is not None and locs.shape[0]:
+            h, w = mask.shape
+            pix = torch.floor(locs.detach()).long()
+            keep = keep & mask[pix[:, 0].clamp(0, h - 1), pix[:, 1].clamp(0, w - 1)].to(keep.device).bool()
         scores, locs = scores[keep].detach(), locs[keep].detach().float()
         if locs.shape[0] and pts.shape[0]:
             far = torch.cdist(locs, pts.to(locs).reshape(-1, 2)).min(1).values >= distance

@@ -306,8 +306,17 @@ class CksStrategy(PrincipalStrategy):
                     crops = self.principal_model.segment(out, locations)
                     return crops.logits.detach(), crops.origins
 
+            allowed = None
+            if not cfg.in_regions and batch.annotated is not None:
+                allowed = list(batch.annotated <= 0.5)
             found = pseudo_points(
-                detections, points, threshold=cfg.threshold, distance=cfg.distance, limit=cfg.limit, segment=segment
+                detections,
+                points,
+                threshold=cfg.threshold,
+                distance=cfg.distance,
+                limit=cfg.limit,
+                segment=segment,
+                allowed=allowed,
             )
             self._pseudo_found += sum(int(f.shape[0]) for f in found)
             return [torch.cat([p, f.to(p)]) for p, f in zip(points, found, strict=True)]

@@ -288,6 +288,9 @@ class PseudoPointsConfig:
     limit: float | None = attrs.field(default=0.5, validator=attrs.validators.optional(non_negative))
     #: Drop a detection inside the predicted mask of a point or of a better pseudo point (the same cell).
     separate: bool = True
+    #: Also add pseudo points inside an image's annotated region; false trusts the points there as
+    #: complete and adds pseudo points only where the image has no annotation.
+    in_regions: bool = True
 
 
 @attrs.frozen(kw_only=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import attrs
 import pytest
 import torch
 from test_strategies_cks import disc_batch, make_strategy
@@ -116,6 +117,31 @@ def test_pseudo_points_only_above_the_threshold_and_away_from_points():
     assert found.tolist() == [[10.0, 10.0], [30.0, 30.0]]  # 0.79 is below, 0.9 is the point's own detection
     none = pseudo_points([(scores, locs)], points, threshold=0.96, distance=12.0)[0]
     assert none.shape == (0, 2)
+
+
+def test_pseudo_points_stay_out_of_the_pixels_not_allowed():
+    scores = torch.tensor([0.9, 0.8, 0.7])
+    locs = torch.tensor([[10.0, 10.0], [10.0, 50.0], [50.0, 50.0]])
+    points = [torch.tensor([[40.0, 10.0]])]
+    allowed = torch.zeros(64, 64, dtype=torch.bool)
+    allowed[:, 32:] = True  # the right half has no annotation
+    found = pseudo_points([(scores, locs)], points, threshold=0.5, distance=12.0, allowed=[allowed])[0]
+    assert found.tolist() == [[10.0, 50.0], [50.0, 50.0]]
+    everywhere = pseudo_points([(scores, locs)], points, threshold=0.5, distance=12.0, allowed=[None])[0]
+    assert everywhere.shape == (3, 2)
+
+
+def test_strategy_keeps_pseudo_points_out_of_annotated_regions_when_asked():
+    batch = disc_batch()
+    inside = torch.ones(batch.image.shape[0], *batch.image.shape[-2:])
+    batch = attrs.evolve(batch, annotated=inside)  # every pixel annotated: nowhere to add a pseudo point
+    spec = {"type": "cks", "pseudo_points": {"after": 0.0, "threshold": 0.05, "in_regions": False}}
+    out = make_strategy(spec, steps=10)
+    out(batch, 5)
+    assert out.interval_metrics() == {"pseudo_points": 0.0}
+    anywhere = make_strategy({**spec, "pseudo_points": {"after": 0.0, "threshold": 0.05}}, steps=10)
+    anywhere(batch, 5)
+    assert anywhere.interval_metrics()["pseudo_points"] > 0
 
 
 def test_pseudo_points_are_capped_per_labelled_point_best_first():
