@@ -46,3 +46,18 @@ def unwrap(module: Any) -> Any:
     if isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         return module.module
     return module
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bfloat16 autocast speeds ``device`` up: CUDA, or a CPU with AVX512-BF16 or AMX.
+
+    On other CPUs torch emulates bfloat16 and autocast is slower than float32.
+    """
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    cpu = torch.cpu
+    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()) or bool(
+        getattr(cpu, "_is_amx_tile_supported", lambda: False)()
+    )

@@ -118,6 +118,7 @@ def guided_responses(
     window: int | None = 128,
     batch_size: int = 16,
     sign: str = "positive",
+    bf16: bool = False,
 ) -> tuple[torch.Tensor, np.ndarray]:
     """Guided-backprop response maps of every peak, computed in windows.
 
@@ -125,8 +126,10 @@ def guided_responses(
     the paper). ``image`` is one standardised image (C, H, W); ``locations`` (K, 2) the peaks;
     ``regions`` the (H, W) map from :func:`output_regions`. Returns ``(maps (K, wh, ww) >= 0,
     origins (K, 2))`` where map k covers image pixels ``origins[k] + [0, wh) x [0, ww)``.
-    ``window`` None means the whole image. Gradients with respect to the parameters are not
-    accumulated; the caller's grad mode (``no_grad``, ``inference_mode``) does not matter.
+    ``window`` None means the whole image. Gradients with respect to the parameters are neither
+    computed nor accumulated; the caller's grad mode (``no_grad``, ``inference_mode``) does not matter.
+    ``bf16`` runs the passes in bfloat16 autocast (about twice as fast on CPUs with AVX512-BF16/AMX;
+    the normalised maps differ by ~1-2 %); the maps are returned in float32 either way.
     """
     c, h, w = image.shape
     k = len(locations)
@@ -137,7 +140,9 @@ def guided_responses(
     origins = window_origins(pix, (h, w), size)
     region_t = torch.from_numpy(regions).to(image.device)
     maps = []
-    with torch.inference_mode(False), torch.enable_grad(), guided_relus(model):
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    autocast = torch.autocast(image.device.type, dtype=torch.bfloat16, enabled=bf16)
+    with torch.inference_mode(False), torch.enable_grad(), guided_relus(model), _frozen(frozen), autocast:
         base = image.detach().clone()
         for start in range(0, k, batch_size):
             idx = range(start, min(start + batch_size, k))
@@ -150,8 +155,20 @@ def guided_responses(
             out = torch.sigmoid(model(x))
             grad_out = torch.stack(masks)[:, None].to(out.dtype)
             (grad,) = torch.autograd.grad(out, x, grad_outputs=grad_out)
-            maps.append(_signed(grad.sum(dim=1).detach(), sign))
+            maps.append(_signed(grad.float().sum(dim=1).detach(), sign))
     return torch.cat(maps), origins
+
+
+@contextmanager
+def _frozen(params: list[nn.Parameter]) -> Iterator[None]:
+    """No parameter gradients while the responses are computed (only the input's are needed)."""
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def _signed(grad: torch.Tensor, sign: str) -> torch.Tensor:

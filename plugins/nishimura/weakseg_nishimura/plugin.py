@@ -47,6 +47,9 @@ class NishimuraConfig:
     whole_image: bool = False
     #: Peaks per forward/backward batch.
     peak_batch: int = attrs.field(default=16, validator=positive)
+    #: Precision of the guided backpropagation: ``auto`` is bf16 where it is fast (CUDA, CPUs with
+    #: AVX512-BF16 or AMX) and fp32 elsewhere; the normalised responses differ by ~1-2 % between the two.
+    backprop_precision: Literal["auto", "fp32", "bf16"] = "auto"
     #: Which part of the channel-summed input gradient is the response: ``positive`` (the paper),
     #: ``negative`` or ``abs``.
     response_sign: Literal["positive", "negative", "abs"] = "positive"

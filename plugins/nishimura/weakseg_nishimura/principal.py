@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from weakseg.devices import fast_bf16
 from weakseg_nishimura.graphcut import edge_intensity, edge_weights
 from weakseg_nishimura.guided_backprop import (
     assign_by_max_response,
@@ -62,6 +63,11 @@ class NishimuraPrincipal(nn.Module):
         finally:
             self.unet.train(was_training)
 
+    def backprop_bf16(self, device: torch.device) -> bool:
+        """Whether the guided backpropagation runs in bfloat16 on ``device`` (``backprop_precision``)."""
+        precision = self.config.backprop_precision
+        return precision == "bf16" or (precision == "auto" and fast_bf16(device))
+
     def propagate(self, image: torch.Tensor) -> Propagation:
         """The whole pipeline for one standardised image (C, H, W)."""
         cfg = self.config
@@ -73,7 +79,7 @@ class NishimuraPrincipal(nn.Module):
         regions = output_regions(locations, (h, w), cfg.region_radius * cfg.sigma)
         maps, origins = guided_responses(
             self.unet, image, locations, regions, window=cfg.resolved_window(), batch_size=cfg.peak_batch,
-            sign=cfg.response_sign,
+            sign=cfg.response_sign, bf16=self.backprop_bf16(image.device),
         )
         maps = normalise_responses(blur_responses(maps, cfg.response_blur), cfg.response_norm)
         best, owner = assign_by_max_response(maps, origins, (h, w))

@@ -103,6 +103,19 @@ def test_batching_and_windows_do_not_change_the_answer_near_the_peak():
     assert torch.corrcoef(torch.stack([full_near.flatten(), win_near.flatten()]))[0, 1] > 0.9
 
 
+def test_bf16_responses_match_fp32_and_leave_the_parameters_alone():
+    net = tiny_net()
+    image = torch.randn(1, 64, 64, generator=torch.Generator().manual_seed(3))
+    regions = output_regions(PEAKS, (64, 64), radius=6.0)
+    fp32, _ = guided_responses(net, image, PEAKS, regions, window=48, batch_size=2)
+    bf16, _ = guided_responses(net, image, PEAKS, regions, window=48, batch_size=2, bf16=True)
+    assert bf16.dtype == torch.float32
+    a, b = normalise_responses(fp32, "max"), normalise_responses(bf16, "max")
+    assert (a - b).abs().sum() / a.abs().sum() < 0.05
+    assert ((a > 0.05) == (b > 0.05)).float().mean() > 0.97
+    assert all(p.requires_grad and p.grad is None for p in net.parameters())
+
+
 def test_normalisation_and_assignment_by_maximum_response():
     maps = torch.zeros(2, 4, 4)
     maps[0, :, :2] = 2.0
