@@ -6,6 +6,7 @@ normalisation/assignment, and the mask step (graph cut or lite). The U-Net is un
 does not depend on the weights, only on the sizes, K and the window.
 
     .venv/bin/python benchmarks/nishimura_predict.py --peaks 64 300 --unet-base 64 --device cpu
+    .venv/bin/python benchmarks/nishimura_predict.py --peaks 300 --unet-base 16 --bf16 --threads 2
     .venv/bin/python benchmarks/nishimura_predict.py --peaks 300 --device cuda
 """
 
@@ -41,6 +42,7 @@ def main() -> None:
     ap.add_argument("--sigma", type=float, default=12.0)
     ap.add_argument("--peak-batch", type=int, default=16)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--bf16", action="store_true", help="guided backpropagation in bfloat16 autocast")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
     args = ap.parse_args()
     if args.threads:
@@ -68,7 +70,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     image = torch.randn(1, *shape, device=device)
     print(f"image {shape[0]}x{shape[1]}, U-Net base {args.unet_base}, window {cfg.resolved_window()}, "
-          f"peak batch {args.peak_batch}, device {device}, threads {torch.get_num_threads()}")
+          f"peak batch {args.peak_batch}, bf16 {args.bf16}, device {device}, threads {torch.get_num_threads()}")
     model.heatmap(image[None])  # warm-up
     for k in args.peaks:
         times: dict[str, float] = {}
@@ -81,7 +83,8 @@ def main() -> None:
         t = time.perf_counter()
         regions = output_regions(locations, shape, cfg.region_radius * cfg.sigma)
         maps, origins = guided_responses(
-            strategy.unet, image, locations, regions, window=cfg.resolved_window(), batch_size=args.peak_batch
+            strategy.unet, image, locations, regions, window=cfg.resolved_window(), batch_size=args.peak_batch,
+            bf16=args.bf16,
         )
         sync(device)
         times["guided_backprop"] = time.perf_counter() - t

@@ -11,7 +11,7 @@ row                training labels
 complete           one point per cell, at its centroid
 drop20             20 % of the points dropped at random
 drop20_jitter      20 % dropped, half of the rest moved by up to 5 px
-half               points on the left half of each image only
+half               points on the left half of each image only (``half_st+``, ``half_out+``: see below)
 mixed4             masks on 4 training images, points on the rest (``strategy: {type: mixed}``); half of
                    the training crops come from the masked images (``data.mask_share: 0.5``)
 mixed4_area        the same, each image giving crops in proportion to its area (no ``mask_share``)
@@ -22,6 +22,9 @@ supervised         masks on every training image (``supervised_<dataset>_cpu.yam
 ``strategy.pseudo_points: {after: 0.3, threshold: 0.5, limit: 0.5}`` and, for ``half``, the stored
 annotated region too (``data.use_regions: true``, the default); "off" leaves them out
 (``data.use_regions: false`` for ``half``: its unclicked right half is taught as background).
+``half_st+`` keeps the region and the pseudo points but drops the positive-unlabelled weighting (the
+points inside the region are complete, so its unlabelled share is 0); ``half_out+`` also keeps the
+pseudo points out of the region (``in_regions: false``).
 
 Each finished row is kept in ``<out>/results/<dataset>-<row>.json`` and merged into
 ``benchmarks/results/partial_points.json``, from which ``docs/partial_points.md`` is written; a later
@@ -82,7 +85,7 @@ ROWS: dict[str, tuple[str, str, dict[str, str]]] = {
                                                                           "data.use_regions": "false"}),
     "half+": ("left half of each image, region given, handling on", "cks_{}_cpu.yaml",
               {"data.label_source": HALF, **HANDLING}),
-    "half_st+": ("left half of each image, region given, pseudo points only", "cks_{}_cpu.yaml",
+    "half_st+": ("left half of each image, region given, pseudo points (no PU weighting)", "cks_{}_cpu.yaml",
                  {"data.label_source": HALF, "strategy.pseudo_points": HANDLING["strategy.pseudo_points"]}),
     "half_out+": ("left half of each image, region given, pseudo points outside it only", "cks_{}_cpu.yaml",
                   {"data.label_source": HALF,
@@ -173,7 +176,7 @@ def render(stored: dict[str, Any]) -> str:
             if key == "mixed4" and sup:
                 share += f" ({r['AP50'] / sup:.2f} of supervised)"
             ratio = f"{r['n_pred'] / r['n_gt']:.2f}" if r.get("n_gt") and r.get("n_pred") is not None else "-"
-            lines.append(f"| {r['label']} | {_f(r['AP50'])} | {_f(r['dice'])} | {_f(r['F1'])} | {ratio} | {share} |")
+            lines.append(f"| {ROWS[key][0]} | {_f(r['AP50'])} | {_f(r['dice'])} | {_f(r['F1'])} | {ratio} | {share} |")
         lines.append("")
     lines.append(
         "Reproduce a row: `python benchmarks/partial_points.py --datasets DATASET --rows ROW`; "
