@@ -109,7 +109,7 @@ def test_bf16_responses_match_fp32_and_leave_the_parameters_alone():
     regions = output_regions(PEAKS, (64, 64), radius=6.0)
     fp32, _ = guided_responses(net, image, PEAKS, regions, window=48, batch_size=2)
     bf16, _ = guided_responses(net, image, PEAKS, regions, window=48, batch_size=2, bf16=True)
-    assert bf16.dtype == torch.float32
+    assert bf16.dtype == torch.float32 and not torch.equal(fp32, bf16)  # really computed in bf16
     a, b = normalise_responses(fp32, "max"), normalise_responses(bf16, "max")
     assert (a - b).abs().sum() / a.abs().sum() < 0.05
     assert ((a > 0.05) == (b > 0.05)).float().mean() > 0.97

@@ -57,6 +57,17 @@ def test_window_defaults_from_sigma():
     assert StrategySpec.of("nishimura", whole_image=True).config.resolved_window() is None
 
 
+def test_backprop_precision_resolves_per_device(monkeypatch):
+    cpu = torch.device("cpu")
+    assert tiny(backprop_precision="bf16").principal().backprop_bf16(cpu)
+    assert not tiny(backprop_precision="fp32").principal().backprop_bf16(cpu)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert not tiny().principal().backprop_bf16(cpu)  # auto: fp32 where bf16 would be emulated
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert tiny().principal().backprop_bf16(cpu)
+
+
 def test_plugin_module_is_cheap_to_import():
     code = "import sys, weakseg_nishimura.plugin; print('torch' in sys.modules, 'skimage' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
