@@ -22,16 +22,13 @@ import torch
 
 
 def matched_iou(a: np.ndarray, b: np.ndarray) -> tuple[float, int, int]:
-    """Mean IoU over the cells of ``a`` matched one-to-one (IoU > 0.5) in ``b``; cell counts of both."""
-    ids_a, ids_b = np.unique(a[a > 0]), np.unique(b[b > 0])
-    ious = []
-    for i in ids_a:
-        m = a == i
-        overlap = np.unique(b[m & (b > 0)])
-        best = max((((m & (b == j)).sum() / (m | (b == j)).sum()) for j in overlap), default=0.0)
-        if best > 0.5:
-            ious.append(best)
-    return (float(np.mean(ious)) if ious else 0.0), len(ids_a), len(ids_b)
+    """Mean IoU over the cells of ``a`` matched in ``b`` (IoU > 0.5: one-to-one); cell counts of both."""
+    from weakseg.eval.overlap import overlap_from_labels
+
+    overlap, ids_a, ids_b = overlap_from_labels(a, b)
+    iou = overlap.iou()
+    matched = iou[iou > 0.5]
+    return (float(matched.mean()) if matched.size else 0.0), int(ids_a.size), int(ids_b.size)
 
 
 def main() -> None:
