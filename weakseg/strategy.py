@@ -24,7 +24,9 @@ class StrategyModule(nn.Module):
     - ``phases()`` declares named phases (CKS warm-up, ...); the engine logs the phase;
     - ``principal()`` returns the model used for prediction (``predict(image) -> list[Instances]``);
     - ``panel(image, group)`` may return extra maps for the evaluation figure;
-    - ``interval_metrics()`` may return extra values, logged as ``train/<name>`` each log interval.
+    - ``interval_metrics()`` may return extra values, logged as ``train/<name>`` each log interval;
+    - ``parameter_groups()`` names the parts whose learning rate a recipe may scale
+      (``train.optimizer.lr_factors``).
     """
 
     #: False for training-free strategies (e.g. seeded watershed): the engine skips the loop.
@@ -47,6 +49,12 @@ class StrategyModule(nn.Module):
     def principal(self) -> Any:
         """The model used for prediction: has ``predict(image (B,C,H,W)) -> list[Instances]``."""
         raise NotImplementedError
+
+    def parameter_groups(self) -> dict[str, nn.Module]:
+        """Named parts of the strategy (e.g. ``principal``, ``collaborator``) that
+        ``train.optimizer.lr_factors`` may give their own learning-rate factor; parameters outside every
+        part keep the recipe's rate. None by default."""
+        return {}
 
     def interval_metrics(self) -> dict[str, float]:
         """Values (not losses) to log as ``train/<name>`` at each log interval, e.g. counts since the last

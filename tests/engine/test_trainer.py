@@ -84,6 +84,44 @@ def test_optimizer_follows_schedule(make_recipe, tmp_path):
     assert lrs == [0.01] * 5 + [0.001] * 5
 
 
+def test_lr_factors_scale_the_named_parts_through_the_schedule(make_recipe, tmp_path):
+    seen = []
+    optimizer = {"type": "adamw", "lr": 0.01, "finetune_lr": 0.001, "finetune_start": 0.5, "lr_factors": {"head": 3.0}}
+    trainer = make_trainer(
+        make_recipe(steps=4, optimizer=optimizer),
+        tmp_path,
+        callbacks=[lambda t, step, losses: seen.append({g["lr_factor"]: g["lr"] for g in t.optimizer.param_groups})],
+    )
+    head = {id(p) for p in trainer.strategy.net[4].parameters()}
+    for group in trainer.optimizer.param_groups:
+        assert {id(p) in head for p in group["params"]} == {group["lr_factor"] == 3.0}
+    trainer.fit()
+    assert seen == [{1.0: 0.01, 3.0: pytest.approx(0.03)}] * 2 + [{1.0: 0.001, 3.0: pytest.approx(0.003)}] * 2
+
+
+def test_lr_factors_resume_with_the_recipe_factors(make_recipe, tmp_path):
+    optimizer = {"type": "adam", "lr": 0.01, "schedule": "constant", "lr_factors": {"head": 3.0}}
+    first = make_trainer(make_recipe(steps=3, optimizer=optimizer), tmp_path)
+    first.fit()
+    ckpt = load_checkpoint(first.last_checkpoint)
+    changed = make_trainer(make_recipe(steps=6, optimizer={**optimizer, "lr_factors": {"head": 5.0}}), tmp_path)
+    changed.restore(ckpt)
+    assert sorted(g["lr_factor"] for g in changed.optimizer.param_groups) == [1.0, 1.0, 5.0, 5.0]
+    assert changed.optimizer.state  # the moments were kept
+    regrouped = make_trainer(make_recipe(steps=6, optimizer={**optimizer, "lr_factors": {}}), tmp_path)
+    with pytest.warns(UserWarning, match="lr_factors changed"):
+        regrouped.restore(ckpt)
+    assert regrouped.step == 3 and not regrouped.optimizer.state
+
+
+def test_lr_factors_name_only_parts_the_strategy_declares(make_recipe, tmp_path):
+    from weakseg.errors import WeaksegError
+
+    match = r"lr_factors: unknown part 'collaborator'; strategy 'tiny_test' names: head"
+    with pytest.raises(WeaksegError, match=match):
+        make_trainer(make_recipe(steps=2, optimizer={"lr_factors": {"collaborator": 2.0}}), tmp_path)
+
+
 def test_bf16_autocast_on_cpu(make_recipe, tmp_path):
     assert autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
     assert autocast_dtype("auto", torch.device("cpu")) is None

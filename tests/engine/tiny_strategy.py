@@ -111,6 +111,9 @@ def make_strategy(cfg: TinyStrategyConfig, data):
         def phases(self):
             return [Phase("warmup", 0), Phase("main", cfg.warmup_steps)]
 
+        def parameter_groups(self):
+            return {"head": self.net[4]}
+
         def _target(self, batch, shape):
             b, _, h, w = shape
             yy = torch.arange(h, dtype=torch.float32).view(h, 1) + 0.5

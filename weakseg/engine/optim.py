@@ -1,7 +1,8 @@
 """Optimizer, learning-rate schedule and precision of a training run (``recipe.train``).
 
 - ``recipe.train.optimizer``: AdamW/Adam/SGD; biases and normalisation weights (1-D parameters)
-  get no weight decay.
+  get no weight decay; ``lr_factors`` scales the rate of named parts of the strategy (its
+  ``parameter_groups()``, e.g. a CKS collaborator at 3x).
 - schedules: ``constant``, ``cosine`` or ``finetune`` (the CKS paper's schedule: ``lr`` (1e-3) and
   then ``finetune_lr`` (2e-4) for the steps after ``finetune_start`` of the run), times an optional
   linear warm-up. The rate is a function of the step, so a resumed run gets the right one.
@@ -12,6 +13,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -21,15 +23,42 @@ from torch import nn
 from weakseg.errors import WeaksegError
 
 
-def build_optimizer(module: nn.Module, cfg: Any) -> torch.optim.Optimizer:
-    """``recipe.train.optimizer`` -> a torch optimizer; 1-D parameters (biases, norms) get no weight decay."""
-    decay, no_decay = [], []
+def build_optimizer(
+    module: nn.Module, cfg: Any, parts: Mapping[str, nn.Module] | None = None, strategy_name: str = ""
+) -> torch.optim.Optimizer:
+    """``recipe.train.optimizer`` -> a torch optimizer; 1-D parameters (biases, norms) get no weight decay.
+
+    ``parts`` are the strategy's named parameter groups (:meth:`~weakseg.strategy.StrategyModule.parameter_groups`);
+    a part named in ``cfg.lr_factors`` trains at that multiple of the scheduled rate. Each torch parameter
+    group carries its ``lr_factor``, which :meth:`LRSchedule.apply` honours. Without factors the groups
+    are the two weight-decay groups alone, as before factors existed (old checkpoints resume).
+    """
+    factors = dict(getattr(cfg, "lr_factors", None) or {})
+    parts = dict(parts or {})
+    unknown = sorted(set(factors) - set(parts))
+    if unknown:
+        known = ", ".join(parts) or "none"
+        who = f"strategy {strategy_name!r}" if strategy_name else "the strategy"
+        raise WeaksegError(
+            f"recipe.train.optimizer.lr_factors: unknown part {', '.join(map(repr, unknown))}; {who} names: {known}"
+        )
+    factor_of: dict[int, float] = {}
+    for name, part in parts.items():
+        if name in factors:
+            for p in part.parameters():
+                factor_of.setdefault(id(p), float(factors[name]))
+    grouped: dict[tuple[float, bool], list[nn.Parameter]] = {}
     for p in module.parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [g for g in ({"params": decay}, {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
-    if not groups:
+            grouped.setdefault((factor_of.get(id(p), 1.0), p.ndim <= 1), []).append(p)
+    if not grouped:
         raise WeaksegError("the strategy has no trainable parameters; declare `trainable = False` on it")
+    groups = []
+    for (factor, no_decay), params in sorted(grouped.items()):
+        group: dict[str, Any] = {"params": params, "lr_factor": factor}
+        if no_decay:
+            group["weight_decay"] = 0.0
+        groups.append(group)
     if cfg.type == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.type == "adam":
@@ -81,9 +110,10 @@ class LRSchedule:
         return lr
 
     def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
+        """Set every group's rate to the scheduled one times its ``lr_factor``; returns the scheduled rate."""
         lr = self(step)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * float(group.get("lr_factor", 1.0))
         return lr
 
     def state_dict(self) -> dict[str, Any]:

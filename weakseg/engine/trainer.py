@@ -202,7 +202,13 @@ class Trainer:
         self.phase = ""
         self.schedule = LRSchedule.from_recipe(self.train_cfg)
         self.amp_dtype = autocast_dtype(self.train_cfg.precision, self.ctx.device)
-        self.optimizer = build_optimizer(self.strategy, self.train_cfg.optimizer)
+        parts_of = getattr(self.strategy, "parameter_groups", None)
+        self.optimizer = build_optimizer(
+            self.strategy,
+            self.train_cfg.optimizer,
+            parts_of() if callable(parts_of) else None,
+            str(getattr(recipe.strategy, "type", "")),
+        )
         self.last_checkpoint: Path | None = None
         self._last_saved_step = 0
         self._params: list[nn.Parameter] = []
@@ -214,7 +220,7 @@ class Trainer:
         raw = checkpoint.raw
         self.strategy.load_state_dict(checkpoint.state_dict, strict=True)
         if "optimizer" in raw:
-            self.optimizer.load_state_dict(raw["optimizer"])
+            self._restore_optimizer(raw["optimizer"], checkpoint.path)
         self.step = checkpoint.step
         self.last_checkpoint = checkpoint.path
         self._last_saved_step = checkpoint.step
@@ -230,6 +236,29 @@ class Trainer:
                 "training continues, but random states and data shards differ from an uninterrupted run",
                 stacklevel=2,
             )
+
+    def _restore_optimizer(self, state: dict[str, Any], path: Any) -> None:
+        """The saved optimizer state, with the recipe's learning-rate factors (they may have changed).
+
+        A state whose parameter groups no longer fit (``train.optimizer.lr_factors`` now names other parts)
+        is dropped with a warning: the weights and the step resume, the optimizer's moments restart.
+        """
+        factors = [g.get("lr_factor", 1.0) for g in self.optimizer.param_groups]
+        try:
+            self.optimizer.load_state_dict(state)
+        except ValueError as exc:
+            if self.ctx.is_main:
+                import warnings
+
+                warnings.warn(
+                    f"{path}: the saved optimizer state does not fit the recipe's parameter groups ({exc}; "
+                    "train.optimizer.lr_factors changed?): the weights and the step resume, the optimizer "
+                    "moments start afresh",
+                    stacklevel=3,
+                )
+            return
+        for group, factor in zip(self.optimizer.param_groups, factors, strict=True):
+            group["lr_factor"] = factor
 
     def state_payload(self) -> dict[str, Any]:
         """The checkpoint dict of the current state (collective: every rank must call it)."""

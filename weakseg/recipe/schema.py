@@ -176,6 +176,10 @@ class OptimizerConfig:
     finetune_start: float = attrs.field(default=0.8, validator=[attrs.validators.ge(0), attrs.validators.le(1)])
     #: Steps of linear warm-up from near 0 to the scheduled rate at the start of training; 0 turns it off.
     warmup_steps: int = attrs.field(default=0, validator=non_negative)
+    #: Learning-rate factors of named parts of the strategy (CKS and the supervised mode: ``principal`` and
+    #: ``collaborator``), e.g. ``{collaborator: 3.0}`` trains the collaborator at 3x the scheduled rate.
+    #: Parts not named keep factor 1.
+    lr_factors: dict[str, float] = attrs.field(factory=dict, validator=positive_values)
 
 
 @attrs.frozen(kw_only=True)

@@ -145,6 +145,15 @@ class PrincipalStrategy(StrategyModule):
     def principal(self) -> nn.Module:
         return self.principal_model
 
+    def parameter_groups(self) -> dict[str, nn.Module]:
+        """``principal`` and, when there is one, ``collaborator``: each may get its own learning-rate factor
+        (``train.optimizer.lr_factors``; the collaborator is tiny and, at 1e-3, moves by at most Adam's step
+        per iteration, which can leave it behind the principal in a short run)."""
+        parts: dict[str, nn.Module] = {"principal": self.principal_model}
+        if self.collaborator is not None:
+            parts["collaborator"] = self.collaborator
+        return parts
+
     def _group(self, batch: Batch) -> torch.Tensor:
         group = torch.as_tensor(batch.group, device=batch.image.device).long().reshape(-1)
         if group.numel() != batch.image.shape[0]:

@@ -270,3 +270,21 @@ def test_ablation_switches_build():
     )
     assert strategy.consistency.kind == "cross_entropy" and strategy.instance_loss.cross_entropy
     assert set(strategy(disc_batch(), 50)) == CKS_KEYS
+
+
+def test_principal_and_collaborator_can_train_at_their_own_rates():
+    from weakseg.engine.optim import LRSchedule, build_optimizer
+    from weakseg.recipe.schema import OptimizerConfig
+
+    strategy = make_strategy()
+    parts = strategy.parameter_groups()
+    assert set(parts) == {"principal", "collaborator"}
+    named = {id(p) for part in parts.values() for p in part.parameters()}
+    assert named == {id(p) for p in strategy.parameters()}
+    optimizer = build_optimizer(strategy, OptimizerConfig(lr=1e-3, lr_factors={"collaborator": 10.0}), parts)
+    LRSchedule(lr=1e-3, total_steps=10, schedule="constant").apply(optimizer, 0)
+    collaborator = {id(p) for p in strategy.collaborator.parameters()}
+    for group in optimizer.param_groups:
+        in_collaborator = {id(p) in collaborator for p in group["params"]}
+        assert len(in_collaborator) == 1
+        assert group["lr"] == pytest.approx(1e-2 if in_collaborator.pop() else 1e-3)
