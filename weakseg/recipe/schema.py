@@ -155,6 +155,10 @@ class ModelConfig:
     #: for pre-training elsewhere) or ``all`` (every tensor of the source run's model that fits, the
     #: collaborator included: for continuing a model on more or corrected images).
     init_scope: Literal["principal", "all"] = "principal"
+    #: Initialisation of the layers weakseg defines (the FPN, the principal head and the collaborator; a
+    #: timm trunk keeps timm's): ``torch`` (torch's defaults) or ``lecun`` (LeCun-normal weights and zero
+    #: biases, as the CKS reference implementation starts them; see :mod:`weakseg.nn.init`).
+    init: Literal["torch", "lecun"] = "torch"
 
 
 @attrs.frozen(kw_only=True)

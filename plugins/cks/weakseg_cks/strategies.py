@@ -34,6 +34,7 @@ from torch import nn
 
 from weakseg.components import Batch, DataSummary, Phase
 from weakseg.errors import DataError, RecipeError
+from weakseg.nn.init import lecun_normal_
 from weakseg.recipe import LossSpec, raise_problems
 from weakseg.registry import close_matches
 from weakseg.strategy import StrategyModule
@@ -67,6 +68,8 @@ def build_principal(recipe: Any, data: DataSummary, strategy: str) -> nn.Module:
     raise_problems(model_problems(recipe, strategy, collaborator=False))
     backbone = recipe.model.backbone.build(in_channels=data.in_channels)
     principal = recipe.model.head.build(backbone=backbone, in_channels=data.in_channels)
+    if recipe.model.init == "lecun":
+        lecun_normal_(principal, exclude=[m for m in (getattr(backbone, "body", None),) if m is not None])
     missing = [name for name in _TRAINING_API if not callable(getattr(principal, name, None))]
     if missing or not isinstance(principal, nn.Module):
         raise RecipeError(
@@ -80,7 +83,10 @@ def build_principal(recipe: Any, data: DataSummary, strategy: str) -> nn.Module:
 def build_collaborator(recipe: Any, data: DataSummary, strategy: str) -> nn.Module:
     """The collaborator of ``recipe.collaborator``."""
     raise_problems(model_problems(recipe, strategy, collaborator=True))
-    return recipe.collaborator.build(in_channels=data.in_channels, n_groups=data.n_groups)
+    collaborator = recipe.collaborator.build(in_channels=data.in_channels, n_groups=data.n_groups)
+    if recipe.model is not None and recipe.model.init == "lecun":
+        lecun_normal_(collaborator)
+    return collaborator
 
 
 def build_loss(spec: Any, role: str, key: str) -> nn.Module:

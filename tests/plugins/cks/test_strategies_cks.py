@@ -288,3 +288,26 @@ def test_principal_and_collaborator_can_train_at_their_own_rates():
         in_collaborator = {id(p) in collaborator for p in group["params"]}
         assert len(in_collaborator) == 1
         assert group["lr"] == pytest.approx(1e-2 if in_collaborator.pop() else 1e-3)
+
+
+def test_lecun_init_reaches_every_layer_weakseg_defines_and_leaves_the_timm_trunk():
+    from weakseg.nn.init import fan_in
+
+    torch_init = make_strategy()
+    lecun = make_strategy(model={**TINY_MODEL, "init": "lecun"})
+    trunk = lecun.principal_model.backbone.body
+    for (name, p), (_, q) in zip(trunk.named_parameters(), torch_init.principal_model.backbone.body.named_parameters(),
+                                 strict=True):
+        assert torch.equal(p, q), name  # timm's own initialisation, untouched
+    trunk_ids = {id(p) for p in trunk.parameters()}
+    layers = [m for m in lecun.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear))
+              and id(m.weight) not in trunk_ids]
+    assert any(isinstance(m, torch.nn.ConvTranspose2d) for m in layers)
+    assert any(m in set(lecun.collaborator.modules()) for m in layers)
+    for m in layers:
+        bound = 2 / math.sqrt(fan_in(m)) / 0.8796256610342398 + 1e-6
+        assert m.weight.abs().max().item() <= bound
+        assert m.bias is None or torch.count_nonzero(m.bias) == 0
+    upsample = next(m for m in layers if isinstance(m, torch.nn.ConvTranspose2d))
+    torch_upsample = next(m for m in torch_init.modules() if isinstance(m, torch.nn.ConvTranspose2d))
+    assert torch_upsample.weight.std() > 2 * upsample.weight.std()  # torch's fan-in counts output channels
