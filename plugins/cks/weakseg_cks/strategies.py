@@ -46,6 +46,7 @@ from weakseg_cks.losses import (
     mask_centroids,
     supervised_foreground_loss,
 )
+from weakseg_cks.monitor import ForegroundMonitor
 from weakseg_cks.self_training import pseudo_points
 from weakseg_cks.train_components import (
     CksStrategyConfig,
@@ -238,6 +239,7 @@ class CksStrategy(PrincipalStrategy):
         self.config = config
         self.pseudo_after = int(pseudo_after)
         self._pseudo_found, self._pseudo_images = 0, 0
+        self.monitor = ForegroundMonitor()
         self.consistency = build_loss(config.consistency, "foreground", "consistency")
         self.instance_loss = build_loss(config.instance_loss, "instance", "instance_loss")
         self.border_loss = build_loss(LossSpec.of("border"), "border", "border")
@@ -339,12 +341,14 @@ class CksStrategy(PrincipalStrategy):
         return add
 
     def interval_metrics(self) -> dict[str, float]:
-        """``pseudo_points``: mean pseudo points per training image since the last call (self-training on)."""
+        """The collaborator's foreground on points / overall (:mod:`weakseg_cks.monitor`) and, with
+        self-training on, ``pseudo_points``: mean pseudo points per training image since the last call."""
+        out = self.monitor.metrics()
         if self.config.pseudo_points is None:
-            return {}
+            return out
         mean = self._pseudo_found / max(self._pseudo_images, 1)
         self._pseudo_found, self._pseudo_images = 0, 0
-        return {"pseudo_points": mean}
+        return {**out, "pseudo_points": mean}
 
     def forward(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
         points = points_on(batch.image, batch.points)
@@ -357,6 +361,7 @@ class CksStrategy(PrincipalStrategy):
         )
         group = self._group(batch)
         collab = self.collaborator(batch.image, group)
+        self.monitor.update(collab.foreground, points, last_warmup_step=step == self.warmup_steps - 1)
         losses = self.cks_losses(crops, geom, collab, group, step, annotated=batch.annotated)
         return {"detection": detection, **losses}
 

@@ -138,7 +138,7 @@ def test_strategy_keeps_pseudo_points_out_of_annotated_regions_when_asked():
     spec = {"type": "cks", "pseudo_points": {"after": 0.0, "threshold": 0.05, "in_regions": False}}
     out = make_strategy(spec, steps=10)
     out(batch, 5)
-    assert out.interval_metrics() == {"pseudo_points": 0.0}
+    assert out.interval_metrics()["pseudo_points"] == 0.0
     anywhere = make_strategy({**spec, "pseudo_points": {"after": 0.0, "threshold": 0.05}}, steps=10)
     anywhere(batch, 5)
     assert anywhere.interval_metrics()["pseudo_points"] > 0
@@ -197,13 +197,13 @@ def test_strategy_adds_pseudo_points_after_the_burn_in_and_reports_them():
     low = make_strategy({"type": "cks", "pseudo_points": {"after": 0.5, "threshold": 0.05}}, steps=10)
     batch = disc_batch()
     low(batch, 2)  # burn-in: nothing added
-    assert low.interval_metrics() == {"pseudo_points": 0.0}
+    assert low.interval_metrics()["pseudo_points"] == 0.0
     low(batch, 5)
     assert low.interval_metrics()["pseudo_points"] > 0
     high = make_strategy({"type": "cks", "pseudo_points": {"after": 0.0, "threshold": 0.999}}, steps=10)
     high(batch, 5)
-    assert high.interval_metrics() == {"pseudo_points": 0.0}
-    assert make_strategy({"type": "cks"}).interval_metrics() == {}
+    assert high.interval_metrics()["pseudo_points"] == 0.0
+    assert "pseudo_points" not in make_strategy({"type": "cks"}).interval_metrics()
 
 
 def test_partial_options_are_validated():
