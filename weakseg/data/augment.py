@@ -140,17 +140,30 @@ class CropTransform:
         x = pts[:, 1] * self.scale[1] - self.origin[1]
         n = self.size
         keep = (y >= 0) & (y < n) & (x >= 0) & (x < n)
-        y, x = y[keep], x[keep]
+        mapped = self.orient(np.stack([y[keep], x[keep]], axis=1)).astype(np.float32)
+        # a point exactly on the far edge after flipping maps to n: keep it inside the crop
+        np.clip(mapped, 0.0, np.nextafter(np.float32(n), np.float32(0)), out=mapped)
+        return mapped, keep
+
+    def points_anywhere(self, points: np.ndarray) -> np.ndarray:
+        """Map source points (N, 2) (y, x) into the crop's frame without dropping any: points outside the
+        crop get coordinates outside [0, size) (for marking cells just beyond its edge)."""
+        pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        y = pts[:, 0] * self.scale[0] - self.origin[0]
+        x = pts[:, 1] * self.scale[1] - self.origin[1]
+        return self.orient(np.stack([y, x], axis=1))
+
+    def orient(self, yx: np.ndarray) -> np.ndarray:
+        """Apply the crop's flips and rotations to (N, 2) scaled-frame coordinates."""
+        n = self.size
+        y, x = yx[:, 0].copy(), yx[:, 1].copy()
         if self.flip_y:
             y = n - y
         if self.flip_x:
             x = n - x
         for _ in range(self.rot90 % 4):  # np.rot90: out[i, j] = in[j, n - 1 - i]
             y, x = n - x, y
-        mapped = np.stack([y, x], axis=1).astype(np.float32) if len(y) else np.zeros((0, 2), np.float32)
-        # a point exactly on the far edge after flipping maps to n: keep it inside the crop
-        np.clip(mapped, 0.0, np.nextafter(np.float32(n), np.float32(0)), out=mapped)
-        return mapped, keep
+        return np.stack([y, x], axis=1) if len(y) else np.zeros((0, 2), np.float64)
 
 
 def _linear_along(data: np.ndarray, coords: np.ndarray, axis: int) -> np.ndarray:

@@ -58,6 +58,9 @@ class ImageEntry:
     region: str | None = None
     #: The region's bounding box (y0, y1, x0, x1) in source pixels: crops are drawn to overlap it.
     region_box: tuple[int, int, int, int] | None = None
+    #: Crop pixels within this distance of a point just outside the crop are not taught as background (the
+    #: cell of that point reaches into the crop); 0 turns it off (``data.crop_edge_cells``).
+    edge_radius: float = 0.0
 
 
 @attrs.frozen
@@ -100,6 +103,7 @@ class CropDataset:
         label_margin: int = 64,
         stats_cache_size: int = 4096,
         region_margin: float = 0.0,
+        keep_cut_points: bool = False,
     ) -> None:
         if len(entries) != len(points):
             raise ValueError("one point array per image entry is needed")
@@ -112,6 +116,9 @@ class CropDataset:
         self.seed = int(seed)
         self.label_margin = int(label_margin)
         self.region_margin = float(region_margin)
+        #: Keep the points of cells whose mask the crop edge cuts to under half (point supervision); by default
+        #: they are dropped with their masks, as mask supervision needs.
+        self.keep_cut_points = bool(keep_cut_points)
         self.stats_cache_size = int(stats_cache_size)
         # points of every image, sorted by y, in one array (cheap to pickle into spawned workers)
         sorted_pts = [_sort_by_y(p) for p in points]
@@ -167,7 +174,41 @@ class CropDataset:
         jitter = draw_intensity(rng, self.augment) if self.augment is not None else IntensityJitter()
         image, mask, crop_points = self.render(entry, transform, points[inside], jitter)
         annotated = self.render_region(entry, transform) if entry.region is not None else None
+        if entry.edge_radius > 0:
+            annotated = self._edge_cells(points, ys, transform, entry.edge_radius, annotated)
         return CropSample(image, crop_points, mask, entry.group_index, entry.image_id, annotated)
+
+    def _edge_cells(
+        self,
+        points: np.ndarray,
+        ys: np.ndarray,
+        transform: CropTransform,
+        radius: float,
+        annotated: np.ndarray | None,
+    ) -> np.ndarray | None:
+        """``annotated`` (all ones when None) with a disc of ``radius`` crop pixels around every point that
+        lies outside the crop but within ``radius`` of it set to 0; None stays None when there is none."""
+        y0, y1, x0, x1 = transform.window()
+        reach = radius / min(transform.scale)
+        near = _points_in_window(points, ys, (y0 - reach, y1 + reach, x0 - reach, x1 + reach))
+        if not len(near):
+            return annotated
+        yx = transform.points_anywhere(points[near])
+        n = transform.size
+        outside = (yx[:, 0] < 0) | (yx[:, 0] >= n) | (yx[:, 1] < 0) | (yx[:, 1] >= n)
+        if not outside.any():
+            return annotated
+        out = np.ones((n, n), np.uint8) if annotated is None else annotated.copy()
+        r = int(np.ceil(radius))
+        for cy, cx in yx[outside]:
+            ya, yb = max(0, int(np.floor(cy)) - r), min(n, int(np.ceil(cy)) + r + 1)
+            xa, xb = max(0, int(np.floor(cx)) - r), min(n, int(np.ceil(cx)) + r + 1)
+            if ya >= yb or xa >= xb:
+                continue
+            gy = np.arange(ya, yb)[:, None] + 0.5 - cy
+            gx = np.arange(xa, xb)[None, :] + 0.5 - cx
+            out[ya:yb, xa:xb][gy * gy + gx * gx < radius * radius] = 0
+        return out
 
     def _draw_crop(
         self, rng: np.random.Generator, entry: ImageEntry, points: np.ndarray, ys: np.ndarray
@@ -238,7 +279,7 @@ class CropDataset:
                 mask[~valid] = 0
                 if len(cut):
                     mask[np.isin(mask, cut)] = 0
-                    if len(points):
+                    if len(points) and not self.keep_cut_points:
                         iy = np.clip(np.floor(points[:, 0]).astype(np.int64) - ly0, 0, ly1 - ly0 - 1)
                         ix = np.clip(np.floor(points[:, 1]).astype(np.int64) - lx0, 0, lx1 - lx0 - 1)
                         keep = ~np.isin(labels[iy, ix], cut)

@@ -71,8 +71,13 @@ def _to_batch(images: np.ndarray, masks: Any, meta: Sequence[tuple], copy: bool 
     )
 
 
-def build_train_dataset(cfg: DataConfig, *, seed: int, scale: InputScale | None = None) -> CropDataset:
+def build_train_dataset(
+    cfg: DataConfig, *, seed: int, scale: InputScale | None = None, points_only: bool = False
+) -> CropDataset:
     """Index the training split: points from ``cfg.label_source``, resize factors, crops per image.
+
+    ``points_only``: the strategy trains from points alone, so ``data.crop_edge_cells: auto`` keeps the
+    points of cells cut by the crop edge and spares the cells just outside it (see :func:`edge_cells`).
 
     ``scale``: the run's input scale (:func:`~weakseg.data.scales.compute_input_scale` with the same
     ``seed`` when not given). Images without any point cannot supervise a point-trained model: they are
@@ -89,6 +94,7 @@ def build_train_dataset(cfg: DataConfig, *, seed: int, scale: InputScale | None 
     if scale is None:
         scale = compute_input_scale(cfg, store, seed)
     groups = list(store.groups)
+    ignore_edges = edge_cells(cfg, points_only) == "ignore"
     entries, points, empty = [], [], []
     for info in infos:
         pts = points_for(store, info, cfg.label_source, seed)
@@ -100,6 +106,7 @@ def build_train_dataset(cfg: DataConfig, *, seed: int, scale: InputScale | None 
         if len(shape) == 2:
             shape = (1, *shape)
         factor = scale.image_scale(info.image_id, info.group)
+        radius = edge_radius(cfg, pts, factor) if ignore_edges else 0.0
         region = region_for(store, info, cfg.label_source) if cfg.use_regions else None
         box = store.region_attrs(info.image_id, region).get("bbox") if region is not None else None
         entries.append(
@@ -112,6 +119,7 @@ def build_train_dataset(cfg: DataConfig, *, seed: int, scale: InputScale | None 
                 n_crops=crops_per_image(shape, factor, cfg.crop_size),
                 region=region,
                 region_box=tuple(int(v) for v in box) if box else None,  # type: ignore[arg-type]
+                edge_radius=radius,
             )
         )
         points.append(pts)
@@ -136,8 +144,33 @@ def build_train_dataset(cfg: DataConfig, *, seed: int, scale: InputScale | None 
     if margin is None:
         margin = 0.5 * cfg.target_cell_size if cfg.target_cell_size else 0.0
     return CropDataset(
-        path, entries, points, crop_size=cfg.crop_size, augment=cfg.augment, seed=seed, region_margin=margin
+        path,
+        entries,
+        points,
+        crop_size=cfg.crop_size,
+        augment=cfg.augment,
+        seed=seed,
+        region_margin=margin,
+        keep_cut_points=ignore_edges,
     )
+
+
+def edge_cells(cfg: DataConfig, points_only: bool) -> str:
+    """``data.crop_edge_cells`` resolved: ``ignore`` or ``background`` (``auto`` by the strategy's kind)."""
+    mode = getattr(cfg, "crop_edge_cells", "background")
+    if mode == "auto":
+        return "ignore" if points_only else "background"
+    return mode
+
+
+def edge_radius(cfg: DataConfig, points: np.ndarray, factor: float) -> float:
+    """A cell radius in crop pixels: half of ``target_cell_size``, else half the image's point spacing."""
+    if cfg.target_cell_size:
+        return 0.5 * float(cfg.target_cell_size)
+    from weakseg.data.cellsize import diameter_from_points
+
+    spacing = diameter_from_points(points)
+    return 0.5 * spacing * factor if spacing else 0.0
 
 
 def keep_masks_of(entries: list[ImageEntry], count: int, seed: int) -> list[ImageEntry]:
@@ -229,6 +262,7 @@ def make_train_loader(
     world_size: int = 1,
     start_step: int = 0,
     scale: InputScale | None = None,
+    points_only: bool = False,
 ) -> TrainLoader:
     """An endless, deterministic stream of augmented, standardised training crops as :class:`Batch`.
 
@@ -237,7 +271,7 @@ def make_train_loader(
     ``start_step``; ranks read disjoint shards. Call ``close()`` on the result (or use it in a
     ``with`` block) to stop the workers. ``scale``: the run's input scale (measured when not given).
     """
-    dataset = build_train_dataset(cfg, seed=seed, scale=scale)
+    dataset = build_train_dataset(cfg, seed=seed, scale=scale, points_only=points_only)
     sampler = StreamSampler(
         len(dataset), batch_size=batch_size, seed=seed, rank=rank, world_size=world_size, start_step=start_step
     )

@@ -211,6 +211,7 @@ def _train(
             world_size=ctx.world_size,
             start_step=start,
             scale=run.input_scale,
+            points_only=bool(getattr(recipe.strategy.config, "points_only", False)),
         ),
         ctx=ctx,
         checkpoints=run.checkpoints,

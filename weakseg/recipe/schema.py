@@ -99,6 +99,13 @@ class DataConfig:
     #: either: a cell whose point lies just outside the region reaches into it. null: half of
     #: ``target_cell_size`` (a cell radius; 0 without one).
     region_margin: float | None = attrs.field(default=None, validator=non_negative)
+    #: Cells cut by the edge of a training crop, for strategies that train from points: ``ignore`` keeps the
+    #: points of cells the edge cuts (by default they are dropped with their masks when the store has masks)
+    #: and leaves a cell radius around points just outside the crop out of the background losses (half of
+    #: ``target_cell_size``, else half the point spacing); ``background`` teaches both as background, as
+    #: mask supervision does; ``auto`` is ``ignore`` for strategies that train from points alone (cks,
+    #: nishimura) and ``background`` for the others.
+    crop_edge_cells: Literal["auto", "background", "ignore"] = "background"
     #: Use the masks of only this many training images (picked at random with ``train.seed``); the others
     #: train from their points as if they had no masks. null uses every mask in the store. For measuring how
     #: few masks ``strategy: {type: mixed}`` needs on a fully labelled set.

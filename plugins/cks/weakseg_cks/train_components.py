@@ -304,6 +304,9 @@ class CksStrategyConfig:
     ``pi: 0`` switches the Gaussian prior off; ``sigma`` is one value or ``{group: sigma}``.
     """
 
+    #: Trains from points alone: ``data.crop_edge_cells: auto`` spares the cells cut by the crop edge.
+    points_only: ClassVar[bool] = True
+
     #: The registered name, for messages.
     strategy: ClassVar[str] = "cks"
 
@@ -364,6 +367,8 @@ class MixedStrategyConfig(CksStrategyConfig):
     Images with masks train the principal with the supervised losses and (``supervise_collaborator``)
     the collaborator foreground with BCE against the mask; images with points only get the CKS losses.
     """
+
+    points_only: ClassVar[bool] = False  # masks supervise part of the images
 
     strategy: ClassVar[str] = "mixed"
 

@@ -5,7 +5,7 @@ Kept cheap to import (attrs only): torch, scipy and scikit-image are imported in
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import attrs
 
@@ -26,6 +26,9 @@ class NishimuraConfig:
     cut (``variant: graphcut``, the paper) or keeps the argmax ownership (``variant: lite``).
     Thresholds on responses refer to normalised maps (``response_norm``).
     """
+
+    #: Trains from points alone (``data.crop_edge_cells: auto``).
+    points_only: ClassVar[bool] = True
 
     variant: Literal["graphcut", "lite"] = "graphcut"
     modality: Modality = "phase"
