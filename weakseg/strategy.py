@@ -56,6 +56,11 @@ class StrategyModule(nn.Module):
         part keep the recipe's rate. None by default."""
         return {}
 
+    def label_free_mask_threshold(self, cell_diameter: float | None) -> float | None:
+        """The mask threshold this strategy's training implies for cells of ``cell_diameter`` model pixels,
+        used by ``eval.mask_threshold: auto``; None (0.5 then) by default."""
+        return None
+
     def interval_metrics(self) -> dict[str, float]:
         """Values (not losses) to log as ``train/<name>`` at each log interval, e.g. counts since the last
         call; called on every rank (rank 0 logs its own). None by default."""

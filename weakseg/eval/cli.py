@@ -98,7 +98,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     recipe = ckpt.recipe
     data_cfg = attrs.evolve(recipe.data, store=str(store), synthetic=None, groups=tuple(args.groups or ()))
     threshold = args.score_threshold if args.score_threshold is not None else recipe.eval.score_threshold
-    mask_threshold = args.mask_threshold if args.mask_threshold is not None else recipe.eval.mask_threshold
+    if args.mask_threshold is not None:
+        mask_threshold = args.mask_threshold
+    else:
+        from weakseg.inference.mask_threshold import checkpoint_mask_threshold
+
+        mask_threshold = checkpoint_mask_threshold(strategy, ckpt)
     sizer = None if args.known_sizes or args.true_diameters else image_sizer(
         ckpt, strategy.principal(), scale=args.scale, diameter=args.diameter, device=device, groups_known=True
     )

@@ -30,6 +30,9 @@ def make_evaluator(recipe: Any, run_dir: Path, tracker: Any, device: Any, input_
         warnings.warn(f"recipe.eval.split: {problem}; the run trains without evaluation", stacklevel=2)
         return None
     prefix = recipe.eval.split
+    from weakseg.inference.mask_threshold import resolve_mask_threshold
+
+    cell_diameter = getattr(input_scale, "cell_diameter", None) if input_scale is not None else None
 
     def evaluate(strategy: Any, step: int) -> dict[str, float]:
         result = evaluate_strategy(
@@ -39,7 +42,7 @@ def make_evaluator(recipe: Any, run_dir: Path, tracker: Any, device: Any, input_
             recipe.eval.max_images,
             recipe.eval.score_threshold,
             device,
-            mask_threshold=recipe.eval.mask_threshold,
+            mask_threshold=resolve_mask_threshold(recipe.eval.mask_threshold, strategy, cell_diameter),
             input_scale=input_scale,
         )
         eval_dir = run_dir / "eval"

@@ -81,7 +81,10 @@ def register(subparsers: Any) -> None:
         type=float,
         default=None,
         metavar="P",
-        help="probability at which masks are binarised (default: the model's eval.mask_threshold, 0.5 unless set)",
+        help=(
+            "probability at which masks are binarised (default: the model's eval.mask_threshold: 0.5 unless "
+            "set; auto: the strategy's label-free one)"
+        ),
     )
     p.add_argument("--min-area", type=int, default=0, help="drop cells of at most this many pixels")
     p.add_argument(

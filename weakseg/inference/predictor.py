@@ -415,7 +415,8 @@ def load_predictor(
     the new images); ``group`` picks one training group's factor when groups were resized
     differently (see :mod:`weakseg.inference.scale`). Given none of them, a checkpoint with a size model
     resizes each image by its own estimated cell diameter. ``mask_threshold`` defaults to the trained
-    recipe's ``eval.mask_threshold``. Other keyword arguments go to :class:`Predictor`.
+    recipe's ``eval.mask_threshold`` (``auto``: the strategy's label-free one). Other keyword arguments go
+    to :class:`Predictor`.
     """
     from weakseg.checkpoint import load_strategy
     from weakseg.inference.scale import image_sizer
@@ -433,5 +434,7 @@ def load_predictor(
     in_channels = summary.get("in_channels") if isinstance(summary, dict) else getattr(summary, "in_channels", None)
     kwargs.setdefault("in_channels", in_channels)
     if kwargs.get("mask_threshold") is None:
-        kwargs["mask_threshold"] = ckpt.recipe.eval.mask_threshold
+        from weakseg.inference.mask_threshold import checkpoint_mask_threshold
+
+        kwargs["mask_threshold"] = checkpoint_mask_threshold(strategy, ckpt)
     return Predictor(principal, device=dev, **kwargs)

@@ -237,6 +237,15 @@ class TrainConfig:
     size_model: bool = True
 
 
+def _mask_threshold(value: Any) -> float | str:
+    """``eval.mask_threshold``: ``auto`` or a probability in (0, 1)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
+        raise ValueError(f"mask_threshold must be a probability in (0, 1) or 'auto', got {value!r}")
+    return float(value)
+
+
 @attrs.frozen(kw_only=True)
 class EvalConfig:
     """Periodic and final evaluation."""
@@ -251,11 +260,11 @@ class EvalConfig:
     #: ranks every detection); also the default of ``weakseg evaluate --score-threshold``.
     score_threshold: float = attrs.field(default=0.5, validator=fraction)
     #: Probability at which instance masks are binarised, in evaluation and (as the trained model's
-    #: default) in ``weakseg predict`` / ``weakseg.load``; like Cellpose's ``cellprob_threshold``.
-    #: ``weakseg evaluate --sweep-mask-threshold`` on a labelled validation split helps choose it.
-    mask_threshold: float = attrs.field(
-        default=0.5, validator=[attrs.validators.gt(0.0), attrs.validators.lt(1.0)]
-    )
+    #: default) in ``weakseg predict`` / ``weakseg.load``; like Cellpose's ``cellprob_threshold``. ``auto``:
+    #: the strategy's label-free threshold where it has one (CKS: the principal's probability at a cell's
+    #: edge implied by its prior and the training cell size), else 0.5; no mask is needed to choose it.
+    #: ``weakseg evaluate --sweep-mask-threshold`` on a labelled validation split calibrates a number.
+    mask_threshold: Any = attrs.field(default=0.5, converter=_mask_threshold)
     #: At each evaluation, draw a PNG of the first image (image, ground truth, predictions and any
     #: collaborator maps) into ``<run>/eval`` and MLflow; false skips it.
     panel: bool = True

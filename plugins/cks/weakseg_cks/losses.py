@@ -34,6 +34,7 @@ collaborator's, ``geom`` a :class:`CropGeometry`, ``images`` an optional (B,) bo
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import attrs
@@ -146,6 +147,17 @@ def gaussian_prior(crop_size: int, sigma: torch.Tensor, pi: float | torch.Tensor
     d = torch.arange(crop_size, device=sigma.device, dtype=torch.float32) - c
     r2 = d[:, None] ** 2 + d[None, :] ** 2
     return pi * torch.exp(-r2[None] / (2.0 * sigma[:, None, None] ** 2))
+
+
+def label_free_mask_threshold(pi: float, sigma: float, radius: float) -> float:
+    """The principal's probability at the edge of a cell of ``radius`` pixels, where the prior-shifted map
+    M_p (eq. 4), and so the collaborator it teaches, crosses 0.5: ``sigmoid(-pi * exp(-R^2 / (2 sigma^2)))``.
+
+    L_M pulls the collaborator towards M_p and L_S pulls the principal towards the collaborator, so a
+    points-trained principal marks a cell's edge at this probability, not at 0.5 (0.20 for R = 17 px,
+    sigma = 20, pi = 2: what labelled validation masks choose on nuclei). Needs no mask to compute.
+    """
+    return 1.0 / (1.0 + math.exp(pi * math.exp(-(radius**2) / (2.0 * sigma**2))))
 
 
 def merged_principal_map(logits: torch.Tensor, geom: CropGeometry, prior: torch.Tensor | None) -> torch.Tensor:

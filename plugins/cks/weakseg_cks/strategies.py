@@ -43,6 +43,7 @@ from weakseg_cks.losses import (
     crop_geometry,
     foreground_weights,
     gaussian_prior,
+    label_free_mask_threshold,
     mask_centroids,
     supervised_foreground_loss,
 )
@@ -339,6 +340,13 @@ class CksStrategy(PrincipalStrategy):
             return [torch.cat([p, f.to(p)]) for p, f in zip(points, found, strict=True)]
 
         return add
+
+    def label_free_mask_threshold(self, cell_diameter: float | None) -> float | None:
+        """The mask threshold implied by the prior for cells of ``cell_diameter`` model pixels
+        (:func:`~weakseg_cks.losses.label_free_mask_threshold`, median sigma over groups); None without either."""
+        if not cell_diameter or self.config.pi == 0:
+            return None
+        return label_free_mask_threshold(self.config.pi, float(self.sigma.median()), 0.5 * float(cell_diameter))
 
     def interval_metrics(self) -> dict[str, float]:
         """The collaborator's foreground on points / overall (:mod:`weakseg_cks.monitor`) and, with
