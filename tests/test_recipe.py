@@ -261,7 +261,7 @@ def test_recipe_class_is_the_schema():
 
 def test_mask_threshold_must_be_a_probability(tmp_path):
     msg = errors_of(write(tmp_path, "r.yaml", BASE + "eval: {mask_threshold: 1.5}\n"))
-    assert "recipe.eval: invalid value: 'mask_threshold' must be < 1.0: 1.5" in msg
+    assert "recipe.eval: invalid value: mask_threshold must be a probability in (0, 1) or 'auto', got 1.5" in msg
 
 
 def test_the_strategy_checks_the_whole_recipe_on_load(tmp_path):
