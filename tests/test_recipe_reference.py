@@ -34,7 +34,7 @@ def test_known_keys_carry_type_default_and_documentation():
     keys = recipe_reference.keys()
     assert keys["train.steps"].type.startswith("int") and keys["train.steps"].default == "90000"
     assert keys["train.optimizer.lr"].default == "0.001" and "> 0" in keys["train.optimizer.lr"].type
-    assert keys["eval.mask_threshold"].default == "0.5"
+    assert keys["eval.mask_threshold"].default == "auto"
     assert "binarised" in keys["eval.mask_threshold"].doc  # from the #: comment above the field
     assert keys["train.precision"].type == 'one of "fp32", "bf16", "auto"'
     assert keys["data.store"].default == "required"

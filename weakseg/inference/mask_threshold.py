@@ -2,8 +2,9 @@
 
 ``eval.mask_threshold: auto`` asks the strategy (``label_free_mask_threshold(cell_diameter)``, e.g. CKS,
 whose prior fixes the probability the principal gives a cell's edge) for a threshold that needs no mask;
-a strategy without one, or a run whose training cell size is unknown, gets 0.5. The training cell size
-comes from the run's recorded input scale, else from its size model.
+a strategy without one, or a run trained without a cell size (``data.target_cell_size``, recorded in the
+checkpoint's input scale), gets 0.5, so that evaluation during training and ``weakseg evaluate`` /
+``weakseg predict`` afterwards use the same threshold.
 """
 
 from __future__ import annotations
@@ -23,15 +24,11 @@ def resolve_mask_threshold(value: Any, strategy: Any, cell_diameter: float | Non
 
 
 def training_cell_diameter(ckpt: Any) -> float | None:
-    """The cell diameter (model pixels) a checkpoint was trained at: its input scale's, else its size model's."""
+    """The cell diameter (model pixels) a checkpoint's images were resized to, or None (not normalised)."""
     from weakseg.inference.scale import checkpoint_input_scale
-    from weakseg.inference.sizing import SizeModel
 
     info = checkpoint_input_scale(ckpt)
-    if info is not None and info.cell_diameter:
-        return float(info.cell_diameter)
-    model = SizeModel.from_dict(getattr(ckpt, "size_model", None))
-    return float(model.cell_diameter) if model is not None else None
+    return float(info.cell_diameter) if info is not None and info.cell_diameter else None
 
 
 def checkpoint_mask_threshold(strategy: Any, ckpt: Any) -> float:

@@ -262,9 +262,9 @@ class EvalConfig:
     #: Probability at which instance masks are binarised, in evaluation and (as the trained model's
     #: default) in ``weakseg predict`` / ``weakseg.load``; like Cellpose's ``cellprob_threshold``. ``auto``:
     #: the strategy's label-free threshold where it has one (CKS: the principal's probability at a cell's
-    #: edge implied by its prior and the training cell size), else 0.5; no mask is needed to choose it.
+    #: edge implied by its prior and ``data.target_cell_size``), else 0.5; no mask is needed to choose it.
     #: ``weakseg evaluate --sweep-mask-threshold`` on a labelled validation split calibrates a number.
-    mask_threshold: Any = attrs.field(default=0.5, converter=_mask_threshold)
+    mask_threshold: Any = attrs.field(default="auto", converter=_mask_threshold)
     #: At each evaluation, draw a PNG of the first image (image, ground truth, predictions and any
     #: collaborator maps) into ``<run>/eval`` and MLflow; false skips it.
     panel: bool = True
