@@ -135,12 +135,10 @@ class CropTransform:
 
         Points that leave the crop are dropped (``keep`` marks the ones returned).
         """
-        pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-        y = pts[:, 0] * self.scale[0] - self.origin[0]
-        x = pts[:, 1] * self.scale[1] - self.origin[1]
+        yx = self._scaled(points)
         n = self.size
-        keep = (y >= 0) & (y < n) & (x >= 0) & (x < n)
-        mapped = self.orient(np.stack([y[keep], x[keep]], axis=1)).astype(np.float32)
+        keep = (yx[:, 0] >= 0) & (yx[:, 0] < n) & (yx[:, 1] >= 0) & (yx[:, 1] < n)
+        mapped = self.orient(yx[keep]).astype(np.float32)
         # a point exactly on the far edge after flipping maps to n: keep it inside the crop
         np.clip(mapped, 0.0, np.nextafter(np.float32(n), np.float32(0)), out=mapped)
         return mapped, keep
@@ -148,10 +146,12 @@ class CropTransform:
     def points_anywhere(self, points: np.ndarray) -> np.ndarray:
         """Map source points (N, 2) (y, x) into the crop's frame without dropping any: points outside the
         crop get coordinates outside [0, size) (for marking cells just beyond its edge)."""
+        return self.orient(self._scaled(points))
+
+    def _scaled(self, points: np.ndarray) -> np.ndarray:
+        """Source points (N, 2) in the scaled frame, relative to the crop's top-left (float64)."""
         pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-        y = pts[:, 0] * self.scale[0] - self.origin[0]
-        x = pts[:, 1] * self.scale[1] - self.origin[1]
-        return self.orient(np.stack([y, x], axis=1))
+        return np.stack([pts[:, 0] * self.scale[0] - self.origin[0], pts[:, 1] * self.scale[1] - self.origin[1]], 1)
 
     def orient(self, yx: np.ndarray) -> np.ndarray:
         """Apply the crop's flips and rotations to (N, 2) scaled-frame coordinates."""
