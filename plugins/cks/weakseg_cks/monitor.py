@@ -23,7 +23,8 @@ class ForegroundMonitor:
     """Accumulates the collaborator's foreground on points and overall (see the module docstring)."""
 
     def __init__(self) -> None:
-        self._on = self._mean = 0.0
+        self._on: torch.Tensor | float = 0.0
+        self._mean: torch.Tensor | float = 0.0
         self._n_points = self._n_images = 0
         self._switch: float | None = None
 
@@ -31,24 +32,26 @@ class ForegroundMonitor:
     def update(
         self, foreground_logits: torch.Tensor, points: Sequence[torch.Tensor], *, last_warmup_step: bool
     ) -> None:
-        """Add one batch: logits (B, H, W) and each image's (N, 2) points (y, x in pixels)."""
+        """Add one batch: logits (B, H, W) and each image's (N, 2) points (y, x in pixels).
+
+        Sums stay on the logits' device (no host sync per step) except on the last warm-up step."""
         prob = torch.sigmoid(foreground_logits.detach().float())
         h, w = prob.shape[-2:]
-        on_sum, n_on = 0.0, 0
+        on_sum = prob.new_zeros(())
+        n_on = 0
         for b, p in enumerate(points):
             if p.numel() == 0:
                 continue
             yx = p.detach().long()
-            y, x = yx[:, 0].clamp(0, h - 1), yx[:, 1].clamp(0, w - 1)
-            on_sum += float(prob[b, y, x].sum())
+            on_sum = on_sum + prob[b, yx[:, 0].clamp(0, h - 1), yx[:, 1].clamp(0, w - 1)].sum()
             n_on += int(p.shape[0])
-        mean = float(prob.mean())
-        self._on += on_sum
+        image_sum = prob.mean(dim=(-2, -1)).sum()
+        self._on = self._on + on_sum
         self._n_points += n_on
-        self._mean += mean * prob.shape[0]
+        self._mean = self._mean + image_sum
         self._n_images += int(prob.shape[0])
         if last_warmup_step and n_on:
-            self._switch = on_sum / n_on - mean
+            self._switch = float(on_sum) / n_on - float(image_sum) / prob.shape[0]
             if self._switch <= 0:
                 warnings.warn(
                     "CKS: at the end of the warm-up the collaborator's foreground is not higher on the points "
@@ -61,9 +64,9 @@ class ForegroundMonitor:
         """The means since the last call (and the contrast at the phase switch once it is known)."""
         out: dict[str, float] = {}
         if self._n_points:
-            out["collab_fg_on_points"] = self._on / self._n_points
+            out["collab_fg_on_points"] = float(self._on) / self._n_points
         if self._n_images:
-            out["collab_fg_mean"] = self._mean / self._n_images
+            out["collab_fg_mean"] = float(self._mean) / self._n_images
         if self._switch is not None:
             out["collab_fg_contrast_at_switch"] = self._switch
             self._switch = None
