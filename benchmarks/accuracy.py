@@ -20,7 +20,9 @@ For each dataset (Usiigaci phase contrast, Kromp fluorescence nuclei) this scrip
 5. after a run of every dataset and strategy (or with ``--docs FILE``), stores the figures in
    ``benchmarks/results/accuracy.json`` and rewrites the generated part of ``docs/results.md`` from
    them (between the ``<!-- accuracy.py:begin -->`` / ``<!-- accuracy.py:end -->`` markers; the
-   discussion around it is kept as written).
+   discussion around it is kept as written). ``--merge`` re-runs some cells (e.g. one strategy after
+   its recipe changed) and replaces only those rows of the stored figures; the page lists every
+   command its rows came from.
 
 Each finished cell is recorded in ``<out>/results/<recipe>.json``; a killed benchmark started again
 skips those and resumes an unfinished run from its last checkpoint (``weakseg run --resume``).
@@ -30,6 +32,7 @@ Usage (from the repository root, after ``pip install -e .``)::
     python benchmarks/accuracy.py                            # the recipes as shipped
     python benchmarks/accuracy.py --steps 800                # the budget of docs/results.md
     python benchmarks/accuracy.py --datasets kromp --strategies cks,supervised
+    python benchmarks/accuracy.py --steps 800 --strategies cks --merge   # replace the CKS rows only
     python benchmarks/accuracy.py --render-only              # docs/results.md from the stored figures
     python benchmarks/accuracy.py --render-only --check      # exit 1 when docs/results.md is stale
     mlflow ui --backend-store-uri sqlite:///runs/accuracy/mlflow.db
@@ -320,16 +323,28 @@ def write_table(rows: list[dict[str, Any]], out: Path) -> str:
     return table
 
 
+def stored_commands(stored: dict[str, Any]) -> list[str]:
+    """The commands the stored rows came from, oldest first (one for a whole-grid run)."""
+    return list(stored.get("commands") or [stored["command"]])
+
+
 def docs_section(stored: dict[str, Any]) -> str:
-    """The generated part of docs/results.md: the command, the setting and the tables."""
+    """The generated part of docs/results.md: the command(s), the setting and the tables."""
     rows = stored["rows"]
+    commands = stored_commands(stored)
+    if len(commands) == 1:
+        made_by = f"Command: `{commands[0]}`"
+    else:
+        made_by = "Commands: `" + commands[0] + "`, then (replacing the rows of the cells it ran) " + ", then ".join(
+            f"`{c}`" for c in commands[1:]
+        )
     return "\n".join(
         [
             BEGIN,
             "<!-- written by `python benchmarks/accuracy.py` from benchmarks/results/accuracy.json; "
             "regenerate with `python benchmarks/accuracy.py --render-only` -->",
             "",
-            f"Command: `{stored['command']}`. Setting: {setting(rows)}.",
+            f"{made_by}. Setting: {setting(rows)}.",
             "",
             tables(rows).rstrip("\n"),
             END,
@@ -347,10 +362,24 @@ def render_docs(stored: dict[str, Any], doc: Path = RESULTS_DOC) -> str:
     return f"# Results\n\n{section}\n{text}"
 
 
-def store_results(rows: list[dict[str, Any]], argv: list[str] | None, path: Path) -> dict[str, Any]:
-    """The figures and the command that made them, as a results page is rendered from them."""
+def merge_rows(stored: dict[str, Any], rows: list[dict[str, Any]], command: str) -> dict[str, Any]:
+    """``stored`` with the rows of the same (dataset, strategy) as ``rows`` replaced, in their old order
+    (new cells appended), and ``command`` added to the commands the page lists."""
+    fresh = {(r["dataset"], r["strategy"]): r for r in rows}
+    merged = [fresh.pop((r["dataset"], r["strategy"]), r) for r in stored["rows"]]
+    return {"commands": [*stored_commands(stored), command], "rows": merged + list(fresh.values())}
+
+
+def store_results(
+    rows: list[dict[str, Any]], argv: list[str] | None, path: Path, merge: bool = False
+) -> dict[str, Any]:
+    """The figures and the command that made them, as a results page is rendered from them; with
+    ``merge`` the figures already stored at ``path`` keep every row this run did not replace."""
     command = " ".join(["python benchmarks/accuracy.py", *(argv if argv is not None else sys.argv[1:])])
-    stored = {"command": command, "rows": rows}
+    if merge and path.exists():
+        stored = merge_rows(json.loads(path.read_text()), rows, command)
+    else:
+        stored = {"command": command, "rows": rows}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(stored, indent=2) + "\n")
     return stored
@@ -397,6 +426,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--results", type=Path, default=STORED_RESULTS, help="figures read by --render-only")
     parser.add_argument("--check", action="store_true", help="with --render-only: exit 1 if the page is stale")
+    parser.add_argument(
+        "--merge", action="store_true",
+        help="replace only this run's cells in the stored figures and rewrite the results page",
+    )
     args = parser.parse_args(argv)
     for name in [d for d in args.datasets.split(",") if d] + [s for s in args.strategies.split(",") if s]:
         if name not in DATASETS and name not in STRATEGIES:
@@ -424,10 +457,10 @@ def main(argv: list[str] | None = None) -> int:
             print(write_table(rows, args.out), flush=True)
     print(f"table: {args.out / 'accuracy.md'}; MLflow: sqlite:///{args.out / 'mlflow.db'}")
     whole_grid = set(datasets) == set(DATASETS) and set(strategies) == set(STRATEGIES)
-    if args.docs is not None or whole_grid:
+    if args.docs is not None or whole_grid or args.merge:
         doc = (args.docs or RESULTS_DOC).resolve()
         figures = STORED_RESULTS if doc == RESULTS_DOC else doc.with_suffix(".json")
-        doc.write_text(render_docs(store_results(rows, argv, figures), doc))
+        doc.write_text(render_docs(store_results(rows, argv, figures, merge=args.merge), doc))
         print(f"results page: {doc} (figures in {figures})")
     return 0
 

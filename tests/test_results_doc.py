@@ -46,3 +46,26 @@ def test_render_replaces_only_the_generated_part_and_check_sees_staleness(tmp_pa
     assert "2 CPU cores" in text and "train.steps=800" in text
     for word in ("MISSES", "meets", "bar", "load"):
         assert word not in text
+
+
+def test_merge_replaces_only_the_rerun_cells_and_lists_both_commands(tmp_path):
+    bench = load_benchmark()
+    stored = json.loads((REPO / "benchmarks" / "results" / "accuracy.json").read_text())
+    cells = [(r["dataset"], r["strategy"]) for r in stored["rows"]]
+    rerun = {**stored["rows"][0], "AP50": 0.777, "date": "2030-01-01"}
+    rerun_cmd = "python benchmarks/accuracy.py --strategies cks --merge"
+    merged = bench.merge_rows(stored, [rerun], rerun_cmd)
+
+    assert [(r["dataset"], r["strategy"]) for r in merged["rows"]] == cells  # order and cells kept
+    assert merged["rows"][0]["AP50"] == 0.777
+    assert merged["rows"][1:] == stored["rows"][1:]
+    assert bench.stored_commands(merged) == [*bench.stored_commands(stored), rerun_cmd]
+    section = bench.docs_section(merged)
+    assert f"`{rerun_cmd}`" in section and f"`{bench.stored_commands(stored)[0]}`" in section
+    assert "to 2030-01-01" in section  # the setting shows the span of measurement dates
+
+    figures = tmp_path / "figures.json"
+    figures.write_text(json.dumps(stored))
+    again = bench.store_results([rerun], ["--strategies", "cks", "--merge"], figures, merge=True)
+    assert len(again["rows"]) == len(cells) and again["rows"][0]["AP50"] == 0.777
+    assert json.loads(figures.read_text()) == again
