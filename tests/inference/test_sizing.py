@@ -56,6 +56,7 @@ def test_size_model_recovers_a_known_rescale_of_held_out_synthetic_cells(tmp_pat
     principal = tiny_principal()
     model = fit_size_model(principal, cfg, compute_input_scale(cfg), in_channels=1, n_samples=256)
     assert model is not None and model.n_samples == 256 and 12 < model.cell_diameter < 18
+    assert model.mask is None  # one training cell size: the mask cue is not fitted
 
     held_out = SyntheticData(n_images=3, size=192, cell_diameter=16.0, modality="phase", seed=5)
     errors, ratio_errors = [], []

@@ -10,7 +10,11 @@ spacing: :mod:`weakseg.data.cellsize`) times the factor.
 The blob-scale cue (:mod:`weakseg.inference.blob_size`) is calibrated on up to :data:`BLOB_IMAGES` of the
 same training images at their native size; the size model keeps it, in place of the regression, when its
 90th-percentile error over those images (each left out of its own calibration) is below the
-regression's cross-validated one.
+regression's cross-validated one. The mask-size cue (:mod:`weakseg.inference.mask_size`) is fitted on the
+same images, each segmented by the principal at the median training factor (the factor a new image is
+first seen at); it replaces both when its left-out 90th-percentile error is the lowest. It is fitted only
+when the training cell sizes vary (:attr:`~weakseg.inference.sizing.SizeModel.sizes_new_images`): across
+one size its left-out error cannot tell a real response from a constant.
 
 The size model is stored as the checkpoint's ``size_model`` entry; the file is rewritten atomically
 with a new size and sha256 record (:func:`weakseg.checkpoint.save_checkpoint`).
@@ -115,7 +119,41 @@ def fit_size_model(
     blob = _fit_blob(store, targets, rng)
     if blob is not None and blob.usable and blob.error90 < model.error90:
         model = attrs.evolve(model, blob=blob)
+    # the mask cue is fitted across the training images' own cell sizes: on a set of one size any
+    # constant looks exact left-out, so it competes only where the sizes vary (as sizes_new_images asks)
+    mask = _fit_mask(principal, store, targets, rng, in_channels, device) if model.sizes_new_images else None
+    best = model.blob.error90 if model.blob is not None else model.error90
+    if mask is not None and mask.usable and mask.error90 < best:
+        model = attrs.evolve(model, blob=None, mask=mask)
     return model
+
+
+def _fit_mask(
+    principal: Any,
+    store: Any,
+    targets: list[tuple[Any, float, float]],
+    rng: np.random.Generator,
+    in_channels: int | None,
+    device: Any,
+) -> Any:
+    """The mask-size calibration on (a pick of) the training images, all segmented at their median
+    training factor; ``None`` for a principal without ``predict``."""
+    from weakseg.inference.adapt import adapt_channels
+    from weakseg.inference.mask_size import centre_box, fit_mask_calibration, mask_diameter
+
+    if not callable(getattr(principal, "predict", None)):
+        return None
+    factor = float(np.median([f for _, f, _ in targets]))
+    picked = [targets[i] for i in sorted(rng.permutation(len(targets))[:BLOB_IMAGES])]
+    measured, diameters = [], []
+    for info, _, diameter in picked:  # predict() runs the principal in eval mode and restores its mode
+        _, h, w = (int(v) for v in info.shape)
+        y0, y1, x0, x1 = centre_box(h, w, factor)
+        region = np.asarray(store.image(info.image_id)[..., y0:y1, x0:x1], np.float32)
+        region = adapt_channels(region[None] if region.ndim == 2 else region, in_channels, info.image_id)
+        measured.append(mask_diameter(principal, region, factor, device))
+        diameters.append(diameter)
+    return fit_mask_calibration(measured, diameters, factor)
 
 
 def _fit_blob(store: Any, targets: list[tuple[Any, float, float]], rng: np.random.Generator) -> Any:
@@ -148,6 +186,13 @@ def add_size_model(path: str | Path, model: SizeModel) -> Path:
 
 def describe(model: SizeModel) -> str:
     """One line about a fitted size model."""
+    if model.mask is not None:
+        m = model.mask
+        return (
+            f"size model: mask size at factor {m.factor:.3g} calibrated on {m.n_images} training images, trained "
+            f"cell diameter {model.cell_diameter:.3g} px, left-out median error {100 * m.error:.1f} % (90th "
+            f"percentile {100 * m.error90:.1f} %; the regression's: {100 * model.error90:.1f} %)"
+        )
     if model.blob is not None:
         b = model.blob
         return (

@@ -20,7 +20,10 @@ once more, so that the last estimate is made where the regression was trained be
 Where cells are compact blobs (nuclei), the scale at which the whole image's blobs respond most
 (:mod:`weakseg.inference.blob_size`, calibrated on the training images) is a sharper and training-free
 cue; a size model carries that calibration and uses it instead of the regression when it was the more
-accurate of the two on the training images (:attr:`SizeModel.blob`).
+accurate of the two on the training images (:attr:`SizeModel.blob`). Where the blob scale follows texture
+(phase contrast), the size of the principal's own masks at the training factor, mapped to a diameter by
+a fit on the training images (:mod:`weakseg.inference.mask_size`), is the third estimator; the most
+accurate of the three on the training images sizes new images.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import torch.nn.functional as F
 
 from weakseg.data.normalize import standardize
 from weakseg.inference.blob_size import BlobCalibration
+from weakseg.inference.mask_size import MaskSizeCalibration
 
 FORMAT = "weakseg-size-model/1"
 #: Side of the square crops the size model sees, in model-input pixels (smaller regions are padded
@@ -138,10 +142,14 @@ class SizeModel:
     #: The blob-scale calibration, when it estimates diameters better than the regression: then it alone
     #: sizes images (see :func:`estimate_diameter`).
     blob: BlobCalibration | None = None
+    #: The mask-size calibration, when it was the most accurate estimator: then it alone sizes images.
+    mask: MaskSizeCalibration | None = None
 
     @property
     def method(self) -> str:
-        """``"blob scale"`` or ``"regression"``: what estimates a diameter."""
+        """``"mask size"``, ``"blob scale"`` or ``"regression"``: what estimates a diameter."""
+        if self.mask is not None:
+            return "mask size"
         return "blob scale" if self.blob is not None else "regression"
 
     @property
@@ -171,6 +179,7 @@ class SizeModel:
             "diameter_spread": float(self.diameter_spread),
             "error90": float(self.error90),
             **({"blob": self.blob.to_dict()} if self.blob is not None else {}),
+            **({"mask": self.mask.to_dict()} if self.mask is not None else {}),
             "crop": CROP,
             "bands": N_BANDS,
         }
@@ -191,6 +200,7 @@ class SizeModel:
             diameter_spread=float(d.get("diameter_spread", math.nan)),
             error90=float(d.get("error90", math.nan)),
             blob=BlobCalibration.from_dict(d.get("blob")),
+            mask=MaskSizeCalibration.from_dict(d.get("mask")),
         )
 
 
@@ -279,10 +289,16 @@ def estimate_diameter(
     ``start`` is the first resize factor (the training factor); each later pass resizes by
     ``cell_diameter`` / the previous estimate (see the module docstring). A model with a blob
     calibration measures the image's blob scale instead (on its central :data:`BLOB_REGION` pixels at
-    most). The estimate stays within :data:`MAX_FACTOR` of ``cell_diameter`` either way.
+    most), one with a mask-size calibration the size of the principal's masks at the calibration's factor.
+    The estimate stays within :data:`MAX_FACTOR` of ``cell_diameter`` either way.
     """
     _, h, w = (int(v) for v in image.shape)
     lo, hi = model.cell_diameter / MAX_FACTOR, model.cell_diameter * MAX_FACTOR
+    if model.mask is not None:
+        found = model.mask.diameter(principal, image, device)
+        # too few detections to measure: the training factor's diameter
+        estimate = found if found is not None else model.cell_diameter / model.mask.factor
+        return float(min(max(estimate, lo), hi))
     if model.blob is not None:
         y0, x0 = max(0, (h - BLOB_REGION) // 2), max(0, (w - BLOB_REGION) // 2)
         y1, x1 = min(h, y0 + BLOB_REGION), min(w, x0 + BLOB_REGION)
