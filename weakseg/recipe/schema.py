@@ -230,8 +230,9 @@ class TrainConfig:
     #: DDP: let unused parameters pass (needed when a phase skips a sub-model). Only matters with several
     #: processes; false is faster when every parameter gets a gradient at every step.
     find_unused_parameters: bool = True
-    #: After the last step, fit a size model (an image's cell diameter from the principal's backbone
-    #: features) into the final checkpoint, so that predict and evaluate resize each new image by its own
+    #: After the last step, fit a size model (an image's cell diameter from its blob scale, the principal's
+    #: backbone features or the size of its own masks, whichever was most accurate on the training images)
+    #: into the final checkpoint, so that predict and evaluate resize each new image by its own
     #: estimated cell size; strategies whose principal offers no features get none. ``weakseg size-model``
     #: adds one to an existing checkpoint.
     size_model: bool = True
