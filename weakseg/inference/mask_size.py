@@ -60,13 +60,20 @@ def region_at(image: Any, factor: float) -> np.ndarray:
     return np.asarray(region, np.float32)
 
 
+def standardized_at(region: np.ndarray, factor: float, device: Any = "cpu") -> torch.Tensor:
+    """A raw (C, h, w) region standardised and resized by ``factor`` (antialiased when shrinking), as a
+    (1, C, h', w') tensor: how both the size model's cues see an image."""
+    x = torch.from_numpy(standardize(region)).to(device)[None]
+    if factor != 1.0:
+        size = (max(8, round(x.shape[-2] * factor)), max(8, round(x.shape[-1] * factor)))
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=factor < 1.0)
+    return x
+
+
 def mask_diameter(principal: Any, region: np.ndarray, factor: float, device: Any = "cpu") -> float | None:
     """Median equivalent diameter (model-input pixels) of the principal's masks on ``region`` resized by
     ``factor``; ``None`` with fewer than :data:`MIN_DETECTIONS` detections."""
-    x = torch.from_numpy(standardize(region)).to(device)[None]
-    if factor != 1.0:
-        size = (max(16, round(x.shape[-2] * factor)), max(16, round(x.shape[-1] * factor)))
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=factor < 1.0)
+    x = standardized_at(region, factor, device)
     with torch.inference_mode():
         inst = principal.predict(x)[0]
     keep = inst.scores.float() >= SCORE

@@ -37,9 +37,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from weakseg.data.normalize import standardize
 from weakseg.inference.blob_size import BlobCalibration
-from weakseg.inference.mask_size import MaskSizeCalibration
+from weakseg.inference.mask_size import MaskSizeCalibration, standardized_at
 
 FORMAT = "weakseg-size-model/1"
 #: Side of the square crops the size model sees, in model-input pixels (smaller regions are padded
@@ -101,10 +100,7 @@ def crop_features(principal: Any, x: torch.Tensor) -> np.ndarray:
 def resized(region: np.ndarray, factor: float, device: Any = "cpu") -> torch.Tensor:
     """A raw (C, h, w) region standardised, resized by ``factor`` (antialiased when shrinking) and made
     :data:`CROP` x :data:`CROP` (centre cut, or padded with zeros)."""
-    x = torch.from_numpy(standardize(region)).to(device)[None]
-    if factor != 1.0:
-        size = (max(8, round(x.shape[-2] * factor)), max(8, round(x.shape[-1] * factor)))
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=factor < 1.0)
+    x = standardized_at(region, factor, device)
     h, w = x.shape[-2:]
     y0, x0 = max(0, (h - CROP) // 2), max(0, (w - CROP) // 2)
     x = x[..., y0 : y0 + CROP, x0 : x0 + CROP]
