@@ -76,3 +76,5 @@ def test_evaluate_user_errors(checkpoint, capsys, tmp_path):
     assert "nosuchsplit" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "missing.ckpt"), str(store), "--device", "cpu"]) == 2
     assert "missing.ckpt" in capsys.readouterr().err
+    assert main(["evaluate", str(ckpt), str(store), "--split", "val", "--max-overlap", "-1", "--device", "cpu"]) == 2
+    assert "max_overlap must be in [0, 1]" in capsys.readouterr().err

@@ -136,6 +136,8 @@ def test_user_errors_exit_2(tmp_path, inputs, blob_checkpoint, capsys):
     assert "missing.ckpt" in capsys.readouterr().err
     code = main(["predict", str(blob_checkpoint), str(folder), "-o", str(tmp_path / "o"), "--pixel-size", "0.5"])
     assert code == 2 and "training pixel size" in capsys.readouterr().err
+    code = main(["predict", str(blob_checkpoint), str(folder), "-o", str(tmp_path / "o"), "--max-overlap", "2"])
+    assert code == 2 and "max_overlap must be in [0, 1]" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -186,3 +186,26 @@ def test_tiles_with_different_crop_sizes_are_merged(discs):
     assert len(inst) == truth.max()
     untiled = Predictor(BlobModel(), tile_size=1024).predict(image)
     assert same_partition(inst.to_label_image(), untiled)
+
+
+class TwiceFiringBlobs(BlobModel):
+    """Fires twice on every blob, like a detector on cells unlike its training cells: a second, weaker
+    detection 12 px away (beyond the 8 px of distance NMS) with the same mask."""
+
+    def predict(self, image: torch.Tensor) -> list[Instances]:
+        out = []
+        for inst in super().predict(image):
+            twin = Instances(inst.scores * 0.9, inst.locations + 12.0, inst.masks, inst.origins, inst.image_shape)
+            out.append(Instances.concat([inst, twin], inst.image_shape))
+        return out
+
+
+def test_mask_nms_drops_second_detections_of_one_cell(discs):
+    image, truth = discs
+    inst = Predictor(TwiceFiringBlobs(), tile_size=1024).predict_instances(image)
+    assert len(inst) == truth.max()
+    labels = Predictor(TwiceFiringBlobs(), tile_size=256, overlap=100).predict(image)
+    assert same_partition(labels, truth)
+    assert len(Predictor(TwiceFiringBlobs(), max_overlap=1.0).predict_instances(image)) == 2 * truth.max()
+    with pytest.raises(WeaksegError, match="max_overlap"):
+        Predictor(BlobModel(), max_overlap=1.5)

@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from weakseg.inference.cli import add_max_overlap
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
@@ -54,6 +56,7 @@ def register(subparsers: Any) -> None:
         help="also score these mask thresholds from the same predictions and print the best AP50 "
         "(calibrate eval.mask_threshold on a labelled validation split, e.g. --split val)",
     )
+    add_max_overlap(p)
     size = p.add_mutually_exclusive_group()
     size.add_argument("--scale", type=float, default=None, metavar="S", help="resize every image by S")
     size.add_argument(
@@ -121,7 +124,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         args.max_images,
         threshold,
         device,
-        {"batch_size": args.batch_size, "tile_size": args.tile_size, "precision": args.precision},
+        {"batch_size": args.batch_size, "tile_size": args.tile_size, "precision": args.precision,
+         "max_overlap": args.max_overlap},
         masks=args.masks,
         mask_threshold=mask_threshold,
         sweep_mask_thresholds=tuple(args.sweep_mask_threshold or ()),

@@ -87,6 +87,7 @@ def register(subparsers: Any) -> None:
         ),
     )
     p.add_argument("--min-area", type=int, default=0, help="drop cells of at most this many pixels")
+    add_max_overlap(p)
     p.add_argument(
         "--nan",
         choices=("background", "error"),
@@ -101,6 +102,22 @@ def register(subparsers: Any) -> None:
     p.add_argument("--dask-scheduler", default=None, metavar="ADDRESS", help="dask.distributed scheduler address")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_predict)
+
+
+def add_max_overlap(p: argparse.ArgumentParser) -> None:
+    """The mask NMS option shared by ``weakseg predict`` and ``weakseg evaluate``."""
+    from weakseg.nn.mask_nms import DEFAULT_MAX_OVERLAP
+
+    p.add_argument(
+        "--max-overlap",
+        type=float,
+        default=DEFAULT_MAX_OVERLAP,
+        metavar="F",
+        help=(
+            "drop a detection when more than this fraction of its mask lies inside better detections "
+            f"(mask NMS; default {DEFAULT_MAX_OVERLAP:g}, 1 keeps all)"
+        ),
+    )
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -130,6 +147,7 @@ def predictor_options(args: argparse.Namespace) -> dict[str, Any]:
         "score_threshold": args.score_threshold,
         "mask_threshold": args.mask_threshold,
         "min_area": args.min_area,
+        "max_overlap": args.max_overlap,
         "nan_policy": getattr(args, "nan", "background"),
     }
     for key in ("scale", "diameter", "pixel_size", "group"):

@@ -10,7 +10,9 @@ user's image needs before and after the model:
    back to the original pixel grid (mask crops are resampled bilinearly, so a crop of size S becomes
    about S / scale, as in the reference implementation's scaled
    inference);
-3. tiles with overlap, batched through the model, and stitching (weakseg.inference.tiling);
+3. tiles with overlap, batched through the model, mask NMS within each tile (weakseg.nn.mask_nms:
+   a detection whose mask lies mostly inside better ones is a duplicate) and stitching
+   (weakseg.inference.tiling);
 4. optional bf16 autocast (CPU with AVX512-BF16, or CUDA).
 
 ``predict_instances`` returns every detection (for COCO-style AP); ``predict`` returns an int32 label
@@ -47,6 +49,7 @@ from weakseg.inference.tiling import (
     plan_tiles,
 )
 from weakseg.nn.instances import Instances
+from weakseg.nn.mask_nms import DEFAULT_MAX_OVERLAP, mask_nms
 
 __all__ = ["NAN_POLICIES", "PRECISIONS", "InputWarning", "Predictor", "adapt_channels", "load_predictor"]
 __all__ += ["rescale_instances", "resolve_device"]
@@ -76,6 +79,8 @@ class Predictor:
         score_threshold, min_area, mask_threshold: for label images (``predict``).
         in_channels: the model's channel count; images are converted when it differs (None: as is).
         dedup_distance: instances from two tiles closer than this (model-input pixels) are duplicates.
+        max_overlap: mask NMS (:mod:`weakseg.nn.mask_nms`): a detection more than this fraction of whose
+            mask is covered by better detections of the same tile is dropped; 1 keeps every detection.
         nan_policy: "background" (default): NaN / infinite pixels are reported with an
             :class:`InputWarning` naming the image and predicted as a flat region at the image's mean
             level; "error": such an image raises :class:`~weakseg.errors.DataError`.
@@ -103,6 +108,7 @@ class Predictor:
         mask_threshold: float = 0.5,
         in_channels: int | None = None,
         dedup_distance: float = 8.0,
+        max_overlap: float = DEFAULT_MAX_OVERLAP,
         nan_policy: str = "background",
         sizer: Any = None,
     ) -> None:
@@ -118,6 +124,8 @@ class Predictor:
             raise WeaksegError(f"overlap ({overlap}) must be in [0, tile size {tile_size})")
         if batch_size < 1:
             raise WeaksegError(f"batch size must be at least 1, got {batch_size}")
+        if not 0.0 <= max_overlap <= 1.0:
+            raise WeaksegError(f"max_overlap must be in [0, 1] (1 turns mask NMS off), got {max_overlap!r}")
         self.model = model
         self.scale = float(scale)
         self.tile_size = int(tile_size)
@@ -130,6 +138,7 @@ class Predictor:
         self.mask_threshold = float(mask_threshold)
         self.in_channels = in_channels
         self.dedup_distance = float(dedup_distance)
+        self.max_overlap = float(max_overlap)
         self.nan_policy = nan_policy
         self.sizer = sizer
         #: How the images of this predictor are resized (a :class:`~weakseg.inference.scale.Sizing`).
@@ -147,16 +156,21 @@ class Predictor:
         return contextlib.nullcontext()
 
     def run_model(self, batch: torch.Tensor) -> list[Instances]:
-        """One forward pass on a standardised (B, C, H, W) batch; results as float32 on the CPU."""
+        """One forward pass on a standardised (B, C, H, W) batch; results as float32 on the CPU,
+        after mask NMS (``max_overlap``)."""
         with torch.inference_mode(), self._autocast():
             out = self.model.predict(batch.to(self.device, non_blocking=True))
         return [
-            Instances(
-                o.scores.detach().float().cpu(),
-                o.locations.detach().float().cpu(),
-                o.masks.detach().float().cpu(),
-                o.origins.detach().long().cpu(),
-                tuple(o.image_shape) if o.image_shape else tuple(batch.shape[-2:]),
+            mask_nms(
+                Instances(
+                    o.scores.detach().float().cpu(),
+                    o.locations.detach().float().cpu(),
+                    o.masks.detach().float().cpu(),
+                    o.origins.detach().long().cpu(),
+                    tuple(o.image_shape) if o.image_shape else tuple(batch.shape[-2:]),
+                ),
+                self.mask_threshold,
+                self.max_overlap,
             )
             for o in out
         ]
