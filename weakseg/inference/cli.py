@@ -114,7 +114,7 @@ def add_max_overlap(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_MAX_OVERLAP,
         metavar="F",
         help=(
-            "drop a detection when more than this fraction of its mask lies inside better detections "
+            "drop a detection whose mask has an IoU above F with the pixels a better detection holds "
             f"(mask NMS; default {DEFAULT_MAX_OVERLAP:g}, 1 keeps all)"
         ),
     )

@@ -11,7 +11,7 @@ user's image needs before and after the model:
    about S / scale, as in the reference implementation's scaled
    inference);
 3. tiles with overlap, batched through the model, mask NMS within each tile (weakseg.nn.mask_nms:
-   a detection whose mask lies mostly inside better ones is a duplicate) and stitching
+   a detection whose mask mostly repeats a better one's is a duplicate) and stitching
    (weakseg.inference.tiling);
 4. optional bf16 autocast (CPU with AVX512-BF16, or CUDA).
 
@@ -79,8 +79,8 @@ class Predictor:
         score_threshold, min_area, mask_threshold: for label images (``predict``).
         in_channels: the model's channel count; images are converted when it differs (None: as is).
         dedup_distance: instances from two tiles closer than this (model-input pixels) are duplicates.
-        max_overlap: mask NMS (:mod:`weakseg.nn.mask_nms`): a detection more than this fraction of whose
-            mask is covered by better detections of the same tile is dropped; 1 keeps every detection.
+        max_overlap: mask NMS (:mod:`weakseg.nn.mask_nms`): a detection whose mask has an IoU above this
+            with the pixels a better detection of the same tile holds is dropped; 1 keeps every detection.
         nan_policy: "background" (default): NaN / infinite pixels are reported with an
             :class:`InputWarning` naming the image and predicted as a flat region at the image's mean
             level; "error": such an image raises :class:`~weakseg.errors.DataError`.

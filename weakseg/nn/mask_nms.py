@@ -1,17 +1,17 @@
-"""Mask non-maximum suppression: drop a detection whose mask lies mostly inside better ones.
+"""Mask non-maximum suppression: drop a detection that mostly repeats the label of a better one.
 
 Distance NMS (:mod:`weakseg.nn.nms`) keeps two detections of one cell when they are further apart
 than its radius, which happens when a cell looks unlike the training cells (another objective,
 another cell line): the detector fires on two parts of one cell, and each detection draws a mask
-that covers much of the same cell. Pasted into a label image the better mask wins the shared
-pixels and the other leaves a sliver, one false cell per duplicate.
+over much of the same cell. Pasted into a label image the better mask wins the shared pixels and
+the other leaves a sliver, one false cell per duplicate.
 
-This is the overlap rule of instance-segmentation post-processing (as in StarDist's polygon NMS
-or Mask R-CNN's mask NMS), measured on the detection's own area: going down the scores, a
-detection is dropped when more than ``max_overlap`` of its mask pixels are already covered by
-the masks of the detections kept before it. With the default 0.5 a detection survives only
-when most of its mask is its own, which needs no labelled images to choose; touching cells,
-whose masks share a border, are not affected.
+This is non-maximum suppression on masks instead of points, by mask IoU. Going down the scores,
+every kept detection holds the pixels of its mask that no better detection holds (what it gets in
+the label image); a detection is dropped when its mask has an IoU above ``max_overlap`` with what
+one kept detection holds. The default 0.5 means "the same object" in the sense of the IoU-0.5
+matching every metric here uses, so it needs no labelled images to choose; touching cells, and a
+neighbour partly covered by an overgrown mask, overlap far less than that.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 if TYPE_CHECKING:  # torch loads with the model, not with the command line that names the default
     from weakseg.nn.instances import Instances
 
-#: Default largest fraction of a detection's mask that may already belong to better detections.
+#: Default largest IoU of a detection's mask with the pixels one better detection holds.
 DEFAULT_MAX_OVERLAP = 0.5
 
 
@@ -47,10 +47,11 @@ def mask_nms_keep(
         return keep
     s_h, s_w = masks.shape[1:]
     h, w = image_shape
-    # a canvas padded by one crop on each side: every crop fits without clipping
-    canvas = np.zeros((h + 2 * s_h, w + 2 * s_w), bool)
-    inside = np.zeros_like(canvas)
+    # which kept detection (index + 1) holds each pixel, on a canvas padded by one crop on each side
+    holder = np.zeros((h + 2 * s_h, w + 2 * s_w), np.int32)
+    inside = np.zeros(holder.shape, bool)
     inside[s_h : s_h + h, s_w : s_w + w] = True
+    held = np.zeros(n + 1, np.int64)  # pixels held by each kept detection
     ys = np.clip(np.asarray(origins[:, 0], np.int64) + s_h, 0, h + s_h)
     xs = np.clip(np.asarray(origins[:, 1], np.int64) + s_w, 0, w + s_w)
     for k in np.argsort(-np.asarray(scores, np.float64), kind="stable"):
@@ -59,11 +60,18 @@ def mask_nms_keep(
         area = np.count_nonzero(m)
         if area == 0:
             continue
-        window = canvas[y : y + s_h, x : x + s_w]
-        if np.count_nonzero(window & m) > max_overlap * area:
-            keep[k] = False
-        else:
-            window |= m
+        window = holder[y : y + s_h, x : x + s_w]
+        shared = np.bincount(window[m])
+        shared[0] = 0
+        others = np.nonzero(shared)[0]
+        if len(others):
+            iou = shared[others] / (area + held[others] - shared[others])
+            if iou.max() > max_overlap:
+                keep[k] = False
+                continue
+        free = m & (window == 0)
+        window[free] = k + 1
+        held[k + 1] = area - int(shared.sum())
     return keep
 
 
