@@ -18,9 +18,15 @@ What it does, in order:
    the matching matmul peak, the system load (1 and 5 min) at the start and at the end; with
    ``--profile`` the top operators of weakseg's bf16 cases.
 
-Usage (from the repository root; about 25 minutes on 2 cores; run it on a quiet machine)::
+Speed ratios depend on the CPU: with AMX, weakseg's bf16 matmuls run about 5x faster than with
+AVX512-BF16 alone while the reference's fp32 ones do not, so a run stores its figures under the CPU's
+kind (``benchmarks/results/compare_reference.json``, one entry per kind, a new run replacing its
+kind's entry) and rewrites the table of every kind in docs/results.md.
 
-    python benchmarks/compare_reference.py [--rounds 1] [--threads 2] [--profile] [--out results.json]
+Usage (from the repository root; 15-25 minutes on 2 cores; run it on a quiet machine)::
+
+    python benchmarks/compare_reference.py [--rounds 1] [--threads 2] [--profile] [--out report.json]
+    python benchmarks/compare_reference.py --render-only [--check]   # the docs table from the stored figures
 """
 
 from __future__ import annotations
@@ -40,6 +46,25 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 BENCH = REPO.parent / "shared" / "reference-bench"
 VENV = Path(os.environ.get("LACSS_VENV", "/tmp/venv_lacss"))
+STORED = HERE / "results" / "compare_reference.json"
+DOC = REPO / "docs" / "results.md"
+BEGIN, END = "<!-- compare_reference.py:begin -->", "<!-- compare_reference.py:end -->"
+LABELS = {"train": "CKS training step, 544^2, 200 points", "infer": "inference 520x704, 2560 crops, end to end"}
+
+
+def cpu_info(cpuinfo: str | None = None) -> dict[str, Any]:
+    """The CPU's model name and kind, from /proc/cpuinfo: ``amx`` (AMX-BF16 tiles), ``avx512-bf16``,
+    ``avx512`` (no bf16 instructions) or ``other``; the kind decides how fast bf16 matmuls can be."""
+    if cpuinfo is None:
+        path = Path("/proc/cpuinfo")
+        cpuinfo = path.read_text() if path.exists() else ""
+    fields = dict(
+        (k.strip(), v.strip()) for k, _, v in (ln.partition(":") for ln in cpuinfo.splitlines()) if v
+    )
+    flags = set(fields.get("flags", "").split())
+    kind = ("amx" if "amx_bf16" in flags else "avx512-bf16" if "avx512_bf16" in flags
+            else "avx512" if "avx512f" in flags else "other")
+    return {"model": fields.get("model name"), "kind": kind}
 
 
 def ensure_reference() -> Path:
@@ -139,13 +164,93 @@ def inference_profile(threads: int, rows: int = 25) -> str:
     return proc.stdout if proc.returncode == 0 else proc.stderr[-2000:]
 
 
-def main() -> None:
+def summarise(times: dict[str, list[float]], gflop: dict[str, float], peak: dict[str, float]) -> dict[str, Any]:
+    """Per case: median seconds of each side, the ratios, achieved GFLOP/s and its share of the peak."""
+    med = {k: statistics.median(v) for k, v in times.items()}
+    rows = {}
+    for case in LABELS:
+        ref, b16, f32 = med[f"{case}/reference"], med[f"{case}/bf16"], med[f"{case}/fp32"]
+        rb, rf = gflop[case] / b16, gflop[case] / f32
+        rows[case] = {"reference_s": ref, "bf16_s": b16, "fp32_s": f32, "ratio_bf16": ref / b16,
+                      "ratio_fp32": ref / f32, "gflop": gflop[case], "bf16_gflop_s": rb, "fp32_gflop_s": rf,
+                      "bf16_peak_share": rb / peak["bf16"], "fp32_peak_share": rf / peak["fp32"]}
+    return rows
+
+
+def table(reports: list[dict[str, Any]]) -> list[str]:
+    """One markdown table, a row per case of each report."""
+    lines = [
+        "| CPU (kind) | matmul peak bf16 / fp32 (GFLOP/s) | case | reference (s) | weakseg bf16 (s) "
+        "| weakseg fp32 (s) | ratio bf16 | ratio fp32 | bf16 GFLOP/s (share of bf16 peak) "
+        "| fp32 GFLOP/s (share of fp32 peak) | date, load at start / end |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for rep in reports:
+        cpu, peak = rep.get("cpu", {}), rep["peak_gflop_s"]
+        for case in LABELS:
+            r = rep["cases"][case]
+            lines.append(
+                f"| {cpu.get('model') or 'not recorded'} ({cpu.get('kind', '?')}) "
+                f"| {peak['bf16']:.0f} / {peak['fp32']:.0f} | {LABELS[case]} | {r['reference_s']:.2f} "
+                f"| {r['bf16_s']:.2f} | {r['fp32_s']:.2f} | {r['ratio_bf16']:.1f}x | {r['ratio_fp32']:.1f}x "
+                f"| {r['bf16_gflop_s']:.0f} ({r['bf16_peak_share']:.0%}) "
+                f"| {r['fp32_gflop_s']:.0f} ({r['fp32_peak_share']:.0%}) "
+                f"| {rep['date']}, {rep['load_before'][0]:.1f} / {rep['load_after'][0]:.1f} |"
+            )
+    return lines
+
+
+def render(stored: dict[str, dict[str, Any]]) -> str:
+    """The generated block of docs/results.md: every stored CPU kind's table rows."""
+    order = ["amx", "avx512-bf16", "avx512", "other"]
+    reports = [stored[k] for k in sorted(stored, key=lambda k: order.index(k) if k in order else len(order))]
+    return "\n".join([
+        BEGIN,
+        "<!-- written by `python benchmarks/compare_reference.py` from benchmarks/results/compare_reference.json; "
+        "regenerate with `python benchmarks/compare_reference.py --render-only` -->",
+        "",
+        *table(reports),
+        "",
+        "Seconds: median of every timed repeat (3 per side, alternating); GFLOP counted on weakseg's side "
+        "(matmuls and convolutions, forward and backward); load: 1-minute system load. A share above 100 % means "
+        "the machine's convolutions run faster than its 2048^3 matmul.",
+        END,
+    ])
+
+
+def page(stored: dict[str, dict[str, Any]], doc: Path = DOC) -> str:
+    """``doc`` with its generated block replaced by :func:`render` (appended when it has none)."""
+    text = doc.read_text() if doc.exists() else ""
+    if BEGIN in text and END in text:
+        head, _, rest = text.partition(BEGIN)
+        return head + render(stored) + rest.partition(END)[2]
+    return text + "\n" + render(stored) + "\n"
+
+
+def write_page(doc: Path, text: str, check: bool) -> int:
+    """Write ``doc``, or with ``check`` only report whether it differs from ``text`` (1 when stale)."""
+    if check:
+        stale = not doc.exists() or doc.read_text() != text
+        print(f"{doc} is {'stale' if stale else 'up to date'}", file=sys.stderr if stale else sys.stdout)
+        return int(stale)
+    doc.write_text(text)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=1, help="alternating rounds (each times 3 repeats per side)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--profile", action="store_true", help="also print the top operators of weakseg's bf16 cases")
-    parser.add_argument("--out", help="also write the figures as JSON here")
-    args = parser.parse_args()
+    parser.add_argument("--out", help="also write this run's figures as JSON here")
+    parser.add_argument("--stored", type=Path, default=STORED, help="figures per CPU kind")
+    parser.add_argument("--docs", type=Path, default=DOC, help="page holding the generated table")
+    parser.add_argument("--render-only", action="store_true", help="no timing: rewrite the table from --stored")
+    parser.add_argument("--check", action="store_true", help="with --render-only: exit 1 when the page is stale")
+    args = parser.parse_args(argv)
+    stored = json.loads(args.stored.read_text()) if args.stored.exists() else {}
+    if args.render_only:
+        return write_page(args.docs, page(stored, args.docs), args.check)
     python = ensure_reference()
     load_before = os.getloadavg()
     peak = matmul_peak(args.threads)
@@ -169,38 +274,22 @@ def main() -> None:
     if args.profile:
         profiles["infer"] = inference_profile(args.threads)
     load_after = os.getloadavg()
-    med = {k: statistics.median(v) for k, v in times.items()}
-    lines = [
-        f"threads {args.threads}; matmul peak fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s; "
-        f"system load at the start {load_before[0]:.2f} / {load_before[1]:.2f}, at the end {load_after[0]:.2f} / "
-        f"{load_after[1]:.2f} (1 / 5 min)",
-        "",
-        "| case | reference (s) | weakseg bf16 (s) | weakseg fp32 (s) | ratio bf16 | ratio fp32 "
-        "| bf16 GFLOP/s (share of bf16 peak) | fp32 GFLOP/s (share of fp32 peak) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    labels = {"train": "CKS training step, 544^2, 200 points", "infer": "inference 520x704, 2560 crops, end to end"}
-    rows = {}
-    for case in ("train", "infer"):
-        ref, b16, f32 = med[f"{case}/reference"], med[f"{case}/bf16"], med[f"{case}/fp32"]
-        rb, rf = gflop[case] / b16, gflop[case] / f32
-        rows[case] = {"reference_s": ref, "bf16_s": b16, "fp32_s": f32, "ratio_bf16": ref / b16,
-                      "ratio_fp32": ref / f32, "gflop": gflop[case], "bf16_gflop_s": rb, "fp32_gflop_s": rf,
-                      "bf16_peak_share": rb / peak["bf16"], "fp32_peak_share": rf / peak["fp32"]}
-        lines.append(
-            f"| {labels[case]} | {ref:.2f} | {b16:.2f} | {f32:.2f} | {ref / b16:.1f}x | {ref / f32:.1f}x "
-            f"| {rb:.0f} ({rb / peak['bf16']:.0%}) | {rf:.0f} ({rf / peak['fp32']:.0%}) |"
-        )
-    lines.append("")
-    lines.append("seconds: median of every timed repeat; GFLOP counted on weakseg's side (matmuls and convolutions)")
-    print("\n".join(lines))
+    report = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_info(), "threads": args.threads, "peak_gflop_s": peak,
+              "load_before": load_before, "load_after": load_after, "times": times,
+              "cases": summarise(times, gflop, peak)}
+    print(f"threads {args.threads}; {report['cpu']['model']} ({report['cpu']['kind']}); system load at the start "
+          f"{load_before[0]:.2f} / {load_before[1]:.2f}, at the end {load_after[0]:.2f} / {load_after[1]:.2f} "
+          "(1 / 5 min)\n")
+    print("\n".join(table([report])))
     for case, text in profiles.items():
         print(f"\ntop operators, weakseg bf16 {case}:\n{text}")
     if args.out:
-        report = {"date": time.strftime("%Y-%m-%d"), "threads": args.threads, "peak_gflop_s": peak,
-                  "load_before": load_before, "load_after": load_after, "times": times, "cases": rows}
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    stored[report["cpu"]["kind"]] = report
+    args.stored.parent.mkdir(parents=True, exist_ok=True)
+    args.stored.write_text(json.dumps(stored, indent=2) + "\n")
+    return write_page(args.docs, page(stored, args.docs), check=False)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
