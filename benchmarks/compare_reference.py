@@ -43,7 +43,10 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from accuracy import REPO, write_page  # noqa: E402
+
 BENCH = REPO.parent / "shared" / "reference-bench"
 VENV = Path(os.environ.get("LACSS_VENV", "/tmp/venv_lacss"))
 STORED = HERE / "results" / "compare_reference.json"
@@ -225,16 +228,6 @@ def page(stored: dict[str, dict[str, Any]], doc: Path = DOC) -> str:
         head, _, rest = text.partition(BEGIN)
         return head + render(stored) + rest.partition(END)[2]
     return text + "\n" + render(stored) + "\n"
-
-
-def write_page(doc: Path, text: str, check: bool) -> int:
-    """Write ``doc``, or with ``check`` only report whether it differs from ``text`` (1 when stale)."""
-    if check:
-        stale = not doc.exists() or doc.read_text() != text
-        print(f"{doc} is {'stale' if stale else 'up to date'}", file=sys.stderr if stale else sys.stdout)
-        return int(stale)
-    doc.write_text(text)
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
