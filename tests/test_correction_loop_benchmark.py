@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -16,15 +15,8 @@ REPO = Path(__file__).resolve().parent.parent
 BENCHMARK = REPO / "benchmarks" / "correction_loop.py"
 
 
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("correction_loop_benchmark", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_simulated_correction_keeps_near_detections_adds_missed_cells_and_deletes_the_rest():
-    bench = load_benchmark()
+def test_simulated_correction_keeps_near_detections_adds_missed_cells_and_deletes_the_rest(load_benchmark):
+    bench = load_benchmark("correction_loop")
     labels = np.zeros((40, 60), np.int32)
     labels[0:10, 0:10] = 1  # centre (5, 5), radius ~5.6
     labels[20:30, 20:30] = 2  # centre (25, 25)

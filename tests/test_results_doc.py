@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,13 +11,6 @@ REPO = Path(__file__).resolve().parent.parent
 BENCHMARK = REPO / "benchmarks" / "accuracy.py"
 
 
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("accuracy_benchmark", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_results_page_is_rendered_from_the_stored_figures():
     proc = subprocess.run(
         [sys.executable, str(BENCHMARK), "--render-only", "--check"], capture_output=True, text=True, cwd=REPO
@@ -26,8 +18,8 @@ def test_results_page_is_rendered_from_the_stored_figures():
     assert proc.returncode == 0, proc.stderr + "\nregenerate with `python benchmarks/accuracy.py --render-only`"
 
 
-def test_render_replaces_only_the_generated_part_and_check_sees_staleness(tmp_path):
-    bench = load_benchmark()
+def test_render_replaces_only_the_generated_part_and_check_sees_staleness(tmp_path, load_benchmark):
+    bench = load_benchmark("accuracy")
     stored = json.loads((REPO / "benchmarks" / "results" / "accuracy.json").read_text())
     stored["rows"][0]["AP50"] = 0.123  # a changed figure must show up in the page
     figures = tmp_path / "figures.json"
@@ -48,8 +40,8 @@ def test_render_replaces_only_the_generated_part_and_check_sees_staleness(tmp_pa
         assert word not in text
 
 
-def test_merge_replaces_only_the_rerun_cells_and_lists_both_commands(tmp_path):
-    bench = load_benchmark()
+def test_merge_replaces_only_the_rerun_cells_and_lists_both_commands(tmp_path, load_benchmark):
+    bench = load_benchmark("accuracy")
     stored = json.loads((REPO / "benchmarks" / "results" / "accuracy.json").read_text())
     cells = [(r["dataset"], r["strategy"]) for r in stored["rows"]]
     rerun = {**stored["rows"][0], "AP50": 0.777, "date": "2030-01-01"}
